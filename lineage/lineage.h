@@ -1,0 +1,216 @@
+/*
+ * lineage.h — the tamper-evident lineage log: entries, the group-commit writer, Merkle
+ * proofs, signed checkpoints, export, verify, key generation, and (optionally) shipping to
+ * NATS JetStream.
+ *
+ * Format contract: ../shared/SPEC.md "Lineage". An entry is one line of compact JSON with
+ * sorted keys, integers only, absent fields omitted; leaf hash = SHA-256(0x00 || line).
+ * Tree per RFC 6962/9162; checkpoints per C2SP tlog-checkpoint inside a C2SP signed note
+ * (Ed25519). Nothing downstream of the writer re-encodes an entry.
+ *
+ * Threads: the writer owns one background thread. mg_lineage_submit_*() may be called
+ * from any thread; completion callbacks run on the writer thread and must only hand the
+ * result over (post to the caller's loop), never block. Readers (proofs, export) open
+ * their own read transactions and may run on any thread, in this or another process.
+ *
+ * Errors: 0 ok, negative error (-errno or MG_LINEAGE_E_*).
+ */
+#ifndef MG_LINEAGE_H
+#define MG_LINEAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "common/common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+  MG_LINEAGE_E_FULL     = MG_ERR_LINEAGE_BASE - 1, /* map full / disk full: fail closed */
+  MG_LINEAGE_E_STORE    = MG_ERR_LINEAGE_BASE - 2, /* other LMDB failure */
+  MG_LINEAGE_E_CLOSED   = MG_ERR_LINEAGE_BASE - 3, /* writer is shutting down / failed */
+  MG_LINEAGE_E_KEY      = MG_ERR_LINEAGE_BASE - 4, /* bad or unreadable signing/verifier key */
+  MG_LINEAGE_E_FORMAT   = MG_ERR_LINEAGE_BASE - 5, /* malformed export / note / entry */
+  MG_LINEAGE_E_VERIFY   = MG_ERR_LINEAGE_BASE - 6, /* verification failed */
+  MG_LINEAGE_E_RANGE    = MG_ERR_LINEAGE_BASE - 7, /* index/size out of range for a proof */
+  MG_LINEAGE_E_NATS     = MG_ERR_LINEAGE_BASE - 8, /* NATS/JetStream failure */
+  MG_LINEAGE_E_FOREIGN  = MG_ERR_LINEAGE_BASE - 9, /* stream holds a higher index for origin */
+};
+
+/* Registers the module's mg_strerror() namer. Call once at start-up. */
+void mg_lineage_init(void);
+
+/* ---- keys --------------------------------------------------------------- */
+
+/* `meshgate keygen`: writes DIR/lineage.key (Ed25519 PKCS#8 PEM, mode 0600) and
+ * DIR/lineage.vkey (C2SP verifier key "name+hexkeyid+base64(0x01||pub)", one line + LF).
+ * Refuses to overwrite an existing key (-EEXIST). */
+int mg_lineage_keygen(const char *name, const char *dir);
+
+/* ---- entries ------------------------------------------------------------ */
+
+/* Fields of an access entry; NULL / 0-count = absent (omitted from the line). Strings are
+ * copied before submit returns. Encoding order, escaping and key sorting are the writer's. */
+struct mg_lineage_access {
+  const char *request_id;      /* UUIDv7 */
+  const char *principal;       /* "user:…" (or "spiffe:…" / "client:…" when no user) */
+  const char *const *groups;   /* "group:…" values; at most 64 written, then groups_more */
+  size_t ngroups;
+  const char *client;          /* "client:<azp|client_id>" */
+  const char *peer;            /* client address "ip:port" (meshgate extension, see README) */
+  const char *product;
+  const char *dataset;
+  const char *action;          /* "read" | "write" */
+  const char *method;
+  const char *path;            /* canonical path + query, exactly as forwarded */
+  const char *purpose;
+  const char *decision;        /* "allow" | "deny" | "unauthenticated" | "error" */
+  const char *reason;
+  const char *grant;
+  const char *policy_revision;
+  const char *token;           /* hex SHA-256 of iss||0x00||jti, or of the token */
+};
+
+struct mg_lineage_outcome {
+  const char *request_id;
+  int status;                  /* 0 when no response */
+  int64_t reset;               /* h2 error code, or -1 when the stream was not reset */
+  uint64_t bytes_in, bytes_out;
+  uint64_t duration_us;
+};
+
+struct mg_lineage_policy_write {
+  const char *request_id;
+  const char *editor;          /* principal of the admin caller */
+  const char *product;
+  const char *grant;           /* grant id, or "*import*" */
+  const char *old_revision;
+  const char *new_revision;
+};
+
+/* ---- writer --------------------------------------------------------------- */
+
+enum mg_lineage_durability { MG_LINEAGE_WRITE_AHEAD = 0, MG_LINEAGE_ASYNC = 1 };
+
+struct mg_lineage_config {
+  const char *db;               /* directory of the LMDB environment */
+  size_t map_size_mb;
+  const char *signing_key;      /* PEM path */
+  const char *const *old_signing_keys; /* rotation: previous keys that co-sign the first
+                                          checkpoint of a new key; may be NULL */
+  size_t nold_signing_keys;
+  const char *origin;           /* already expanded */
+  enum mg_lineage_durability durability;
+  int checkpoint_every_ms;
+  int deny_entries_per_s;       /* per peer address; beyond: one summary per s per (peer, reason) */
+  size_t max_group;             /* max entries per commit group, 0 = default (1024) */
+};
+
+struct mg_lineage_writer;
+struct mg_lineage_rec; /* an in-flight access entry: its index once assigned */
+
+/* Called on the writer thread when a submitted entry is durable (status 0, index set) or
+ * failed (status < 0, e.g. MG_LINEAGE_E_FULL). */
+typedef void (*mg_lineage_done_cb)(void *arg, int status, uint64_t index);
+
+/* Opens the log (creating it), clears stale readers, recovers the tree state, signs a
+ * checkpoint if entries are uncovered, and starts the writer thread. */
+int mg_lineage_writer_open(const struct mg_lineage_config *cfg, struct mg_lineage_writer **out);
+/* Drains the queue, commits, signs a final checkpoint, stops the thread, closes. */
+void mg_lineage_writer_close(struct mg_lineage_writer *w);
+
+/* Queues an access entry. With cb != NULL, cb runs once the entry is durable (fsynced) or
+ * failed. If out_rec != NULL, *out_rec receives a reference used to link the outcome entry
+ * (its `of`); release it with mg_lineage_submit_outcome or mg_lineage_rec_unref.
+ * Denied / unauthenticated entries (decision != "allow") pass through the per-peer rate
+ * limit: beyond deny_entries_per_s, they are counted into summary entries instead, and cb
+ * (if any) is still called with status 0 and index UINT64_MAX.
+ * Returns 0, or MG_LINEAGE_E_CLOSED / MG_LINEAGE_E_FULL (log known failed) / -ENOMEM. */
+int mg_lineage_submit_access(struct mg_lineage_writer *w, const struct mg_lineage_access *a,
+                             mg_lineage_done_cb cb, void *arg, struct mg_lineage_rec **out_rec);
+/* Queues the outcome entry of a forwarded request; `of` is take_rec's index. Takes the
+ * reference. Outcome entries are written in the next group commit. */
+int mg_lineage_submit_outcome(struct mg_lineage_writer *w, struct mg_lineage_rec *take_rec,
+                              const struct mg_lineage_outcome *o);
+void mg_lineage_rec_unref(struct mg_lineage_rec *rec);
+/* Queues a policy-write entry; cb runs when durable. */
+int mg_lineage_submit_policy(struct mg_lineage_writer *w, const struct mg_lineage_policy_write *p,
+                             mg_lineage_done_cb cb, void *arg);
+
+/* Synchronously signs a checkpoint now if entries are uncovered; returns the latest signed
+ * note text (caller frees). Safe from any thread (it waits for the writer thread). */
+int mg_lineage_checkpoint_now(struct mg_lineage_writer *w, char **note_out);
+
+struct mg_lineage_stats {
+  uint64_t size;             /* entries committed */
+  uint64_t checkpoint_size;  /* entries covered by the latest checkpoint */
+  uint64_t queue_len;        /* entries waiting for a commit */
+  uint64_t commits, fsync_us_total, entries_total, summaries_total;
+  uint64_t shipped;          /* entries acknowledged by JetStream (0 without NATS) */
+  uint64_t backlog;          /* size - shipped, with NATS */
+  bool healthy;              /* false after a failed commit until one succeeds */
+  bool nats_connected;
+  int last_error;
+};
+void mg_lineage_writer_stats(struct mg_lineage_writer *w, struct mg_lineage_stats *out);
+const char *mg_lineage_writer_origin(const struct mg_lineage_writer *w);
+
+/* ---- readers: proofs, checkpoints, export -------------------------------- */
+
+struct mg_lineage_reader;
+/* Opens a read-only view of the log in `db` (works while serve runs). */
+int mg_lineage_reader_open(const char *db, struct mg_lineage_reader **out);
+void mg_lineage_reader_close(struct mg_lineage_reader *r);
+
+/* Latest signed checkpoint note (caller frees); MG_ERR_NOTFOUND if none yet. */
+int mg_lineage_reader_checkpoint(struct mg_lineage_reader *r, char **note_out, uint64_t *size);
+/* Inclusion proof of entry `index` in the tree of `size` entries, as a JSON object
+ * {"index":…,"size":…,"leaf":"<hex>","hashes":["<base64>",…]} (caller frees). */
+int mg_lineage_reader_inclusion(struct mg_lineage_reader *r, uint64_t index, uint64_t size,
+                                char **json_out);
+/* Consistency proof between sizes a ≤ b: {"from":a,"to":b,"hashes":[…]} (caller frees). */
+int mg_lineage_reader_consistency(struct mg_lineage_reader *r, uint64_t a, uint64_t b,
+                                  char **json_out);
+
+enum mg_lineage_format { MG_LINEAGE_NDJSON = 0, MG_LINEAGE_OPENLINEAGE = 1 };
+
+struct mg_lineage_filter {
+  int64_t since_us, until_us;  /* INT64_MIN / INT64_MAX = open */
+  const char *principal, *product, *dataset, *action; /* NULL = any */
+};
+void mg_lineage_filter_init(struct mg_lineage_filter *f);
+bool mg_lineage_filter_is_empty(const struct mg_lineage_filter *f);
+
+/* Writes an export to `out` (see SPEC "Export"). Returns 0 or an error; on a write error
+ * (EPIPE: the reader went away) returns -errno promptly. */
+int mg_lineage_export(struct mg_lineage_reader *r, const struct mg_lineage_filter *f,
+                      enum mg_lineage_format fmt, FILE *out);
+
+/* Export from a JetStream stream (all origins, or one): same format, per origin. */
+int mg_lineage_export_nats(const char *url, const char *stream, const char *origin,
+                           const struct mg_lineage_filter *f, enum mg_lineage_format fmt,
+                           FILE *out);
+
+/* ---- verify --------------------------------------------------------------- */
+
+struct mg_lineage_verify_result {
+  uint64_t entries, checkpoints;
+  uint64_t bad_index;     /* first bad entry index, UINT64_MAX if the problem has none */
+  long bad_line;          /* 1-based line of the export where it failed, 0 if none */
+  char reason[256];       /* one line, for stderr */
+};
+
+/* Verifies an export read from `in` with the given verifier keys (C2SP vkey lines).
+ * Returns 0 when intact and every entry is covered by a valid checkpoint;
+ * MG_LINEAGE_E_VERIFY / MG_LINEAGE_E_FORMAT with res filled otherwise. */
+int mg_lineage_verify(FILE *in, const char *const *vkeys, size_t nvkeys,
+                      struct mg_lineage_verify_result *res);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MG_LINEAGE_H */
