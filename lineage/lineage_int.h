@@ -119,3 +119,47 @@ int mg_checkpoint_parse(const char *text, size_t n, char **origin_out, uint64_t 
                         uint8_t root[MG_HASH_LEN]);
 
 #endif /* MG_LINEAGE_INT_H */
+
+/* ---- log.c: the LMDB log (shared by writer, reader, shipper) ------------------ */
+
+struct mg_lineage_log; /* one MDB_env per process per directory */
+
+/* Reads committed entries [from, from+max) in order; cb gets the exact line bytes (no LF).
+ * cb returns nonzero to stop. Uses one short read transaction per call. */
+typedef int (*mg_lineage_entry_cb)(void *arg, uint64_t index, const char *line, size_t len);
+int mg_lineage_log_read(struct mg_lineage_log *log, uint64_t from, uint64_t max,
+                        mg_lineage_entry_cb cb, void *arg);
+/* The latest stored checkpoint note with size <= max_size (UINT64_MAX: latest). */
+int mg_lineage_log_checkpoint(struct mg_lineage_log *log, uint64_t max_size, char **note,
+                              uint64_t *size);
+uint64_t mg_lineage_log_size(struct mg_lineage_log *log);
+
+/* ---- shipper.c: JetStream replication (SPEC "Replication") --------------------- */
+
+struct mg_shipper;
+struct mg_shipper_config {
+  const char *const *servers;
+  size_t nservers;
+  const char *stream, *subject;
+  int replicas;
+  const char *creds, *tls_ca;
+  const char *origin;
+};
+/* Called on the shipper thread when the stream has acknowledged every entry < upto; the
+ * writer stores it in its next group commit (meta "shipped"). */
+typedef void (*mg_shipper_ack_cb)(void *arg, uint64_t upto);
+
+/* Connects (bounded wait), creates or checks the stream, reads the subject's last message
+ * and resumes after it. Refuses (MG_LINEAGE_E_FOREIGN) if the stream holds a higher index
+ * for this origin than log_size. An unreachable NATS at start is not an error: the shipper
+ * keeps retrying in its thread and the backlog grows. `shipped` is the stored acked index. */
+int mg_shipper_start(const struct mg_shipper_config *cfg, struct mg_lineage_log *log,
+                     uint64_t shipped, mg_shipper_ack_cb on_ack, void *ack_arg,
+                     struct mg_shipper **out);
+/* The writer committed entries [first, last] as one group (one message). */
+void mg_shipper_notify_group(struct mg_shipper *s, uint64_t first, uint64_t last);
+/* A new checkpoint note of `size` entries was stored. */
+void mg_shipper_notify_checkpoint(struct mg_shipper *s, uint64_t size, const char *note);
+void mg_shipper_stats(struct mg_shipper *s, uint64_t *acked, bool *connected);
+/* Flushes what it can within timeout_ms, then stops. */
+void mg_shipper_stop(struct mg_shipper *s, int timeout_ms);
