@@ -166,6 +166,11 @@ struct mg_lineage_reader;
 int mg_lineage_reader_open(const char *db, struct mg_lineage_reader **out);
 void mg_lineage_reader_close(struct mg_lineage_reader *r);
 
+/* A reader sharing the writer's LMDB environment, for use inside the serving process
+ * (LMDB forbids opening one environment twice in a process). Owned by the writer: do not
+ * close it; valid until mg_lineage_writer_close. Any thread. */
+struct mg_lineage_reader *mg_lineage_writer_reader(struct mg_lineage_writer *w);
+
 /* Latest signed checkpoint note (caller frees); MG_ERR_NOTFOUND if none yet. */
 int mg_lineage_reader_checkpoint(struct mg_lineage_reader *r, char **note_out, uint64_t *size);
 /* Inclusion proof of entry `index` in the tree of `size` entries, as a JSON object
