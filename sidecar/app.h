@@ -36,7 +36,8 @@ void mg_metrics_observe(struct mg_metrics *m, enum mg_decision_kind d, int statu
                         uint64_t duration_us);
 
 struct mg_app {
-  struct mg_config *cfg;                  /* current snapshot (swapped on SIGHUP) */
+  _Atomic(struct mg_config *) cfg;        /* current snapshot (swapped on SIGHUP; retired
+                                             snapshots live until exit) */
   struct mg_policy_store *policy;
   _Atomic(struct mg_policy_index *) index; /* current compiled index */
   pthread_mutex_t index_lock;             /* serialises rebuild+swap */
