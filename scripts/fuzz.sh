@@ -19,10 +19,13 @@ if [ ! -f build-fuzz/build.ninja ]; then
   CC=clang meson setup build-fuzz -Dfuzz=true -Dtests=false -Db_sanitize=address,undefined \
     -Db_lundef=false -Dbuildtype=debugoptimized -Dc_args=-fsanitize=fuzzer-no-link >/dev/null || exit 1
 fi
-ninja -C build-fuzz >/dev/null || { ninja -C build-fuzz | tail -30; exit 1; }
 if [ ${#targets[@]} -eq 0 ]; then
-  for f in build-fuzz/tests/fuzz/fuzz_*; do [ -x "$f" ] && targets+=("$(basename "$f")"); done
+  for f in tests/fuzz/fuzz_*.c; do targets+=("$(basename "$f" .c)"); done
 fi
+meson setup --reconfigure build-fuzz >/dev/null || exit 1
+for t in "${targets[@]}"; do
+  ninja -C build-fuzz "tests/fuzz/$t" >/dev/null || { ninja -C build-fuzz "tests/fuzz/$t" | tail -20; exit 1; }
+done
 mkdir -p build-fuzz/artifacts
 rc=0
 for t in "${targets[@]}"; do
