@@ -193,6 +193,45 @@ void mg_policy_decide(const struct mg_policy_index *ix, const struct mg_policy_r
 size_t mg_policy_explain(const struct mg_policy_index *ix, const struct mg_policy_request *rq,
                          struct mg_policy_decision *out, const char **ids, size_t max);
 
+
+/* ---- additions (policy module) -------------------------------------------- */
+
+/* Field-by-field equality of two grants (subjects/resources/purposes in order). */
+bool mg_policy_grant_equal(const struct mg_grant *a, const struct mg_grant *b);
+
+/* Recomputes the revision digest from every stored grant and compares it with the one
+ * kept in meta; also checks that every stored value is a valid canonical grant stored
+ * under its own id. 0, MG_POLICY_E_STORE on a mismatch, or another error. */
+int mg_policy_store_verify(struct mg_policy_store *s);
+
+/*
+ * Decision rules (mg_policy_decide / mg_policy_explain), for the record:
+ *  - Candidates: the grants of rq->product whose subjects contain one of rq->principals,
+ *    plus those with subject "*". A grant matches when its actions contain rq->action and
+ *    one of its resource patterns matches rq->resource ("*" = exactly one non-empty
+ *    segment, "**" = zero or more segments of any content; literal segments compare bytes).
+ *  - Validity: not_before <= now < expires. A grant outside its window never matches.
+ *  - Purposes: an allow with purposes matches only if rq->purpose is one of them; a deny
+ *    with purposes matches if rq->purpose is one of them OR rq->purpose is NULL.
+ *  - Result precedence: DENIED > ALLOWED > PURPOSE_MISSING > EXPIRED > NO_GRANT.
+ *    DENIED: some deny matched (deny overrides allow). PURPOSE_MISSING: no allow matched
+ *    but an allow in its window matched all but its purposes. EXPIRED: an allow matched
+ *    everything except its validity window (checked first, so an expired grant that also
+ *    lacks the purpose counts as EXPIRED). Denies outside their window or with another
+ *    purpose are ignored silently.
+ *  - decision.grant_id: the deciding grant of the winning category; among several, the
+ *    one with the smallest id (byte order), so the answer does not depend on the order of
+ *    principals. NULL for NO_GRANT.
+ *  - A principal "*" in the request is ignored (the "*" grants are always candidates).
+ *  - explain(): ids of every matching grant, deny and allow, each once, in encounter order;
+ *    the return value counts distinct matches while they fit in max.
+ * Bounds (validation rejects more): id 128 bytes; product 128; subject name (after the
+ * "type:" prefix) 256; pattern 1024 bytes / 128 segments; purpose 256; description 1024;
+ * subjects/resources/purposes at most 1024 entries, no duplicates; time years 0000-9999.
+ * Diag lists at most 1000 problems (then one "too many problems" line). Syntax errors are
+ * reported at the document (or prefix) pointer with jansson's line and column.
+ */
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,174 @@
+/*
+ * eval.c — decisions against a compiled index. Runs on every request: no allocation,
+ * no locks, no writes to the index.
+ *
+ * Resource matching treats segments as units: a literal matches one equal segment, "*"
+ * one non-empty segment, "**" any run of segments. It is the classic wildcard algorithm
+ * with a single backtrack point (the last "**" seen): on a mismatch the last "**"
+ * swallows one more segment and matching resumes after it. Earlier "**" never need to
+ * be revisited, so the cost is O(pattern segments x resource segments), never
+ * exponential.
+ *
+ * The rules and the precedence of reasons are documented in policy.h.
+ */
+#include "policy/policy_int.h"
+
+#include <string.h>
+
+static bool seg_eq(const struct mg_ix_seg *p, const char *s, size_t n) {
+  if (p->kind == MG_IX_STAR) return n > 0;
+  return p->len == n && memcmp(p->s, s, n) == 0;
+}
+
+/* End of the resource segment starting at pos. */
+static size_t seg_end(const char *r, size_t rl, size_t pos) {
+  const char *e = memchr(r + pos, '/', rl - pos);
+  return e ? (size_t)(e - r) : rl;
+}
+
+static bool pat_match(const struct mg_ix_pat *pat, const char *r, size_t rl) {
+  const struct mg_ix_seg *p = pat->segs;
+  uint32_t np = pat->nseg, pi = 0;
+  size_t pos = 0;
+  bool done = rl == 0; /* "" has no segments; "a/" has two, the second empty */
+  bool have_star = false;
+  uint32_t star_pi = 0;
+  size_t star_pos = 0;
+  bool star_done = false;
+  while (!done) {
+    if (pi < np && p[pi].kind == MG_IX_DSTAR) {
+      have_star = true;
+      star_pi = pi++;
+      star_pos = pos;
+      star_done = done;
+      continue;
+    }
+    size_t end = seg_end(r, rl, pos);
+    if (pi < np && seg_eq(&p[pi], r + pos, end - pos)) {
+      pi++;
+      if (end == rl) done = true;
+      else pos = end + 1;
+      continue;
+    }
+    if (!have_star) return false;
+    /* The last "**" takes one more segment. */
+    size_t se = seg_end(r, rl, star_pos);
+    if (se == rl) star_done = true;
+    else star_pos = se + 1;
+    pi = star_pi + 1;
+    pos = star_pos;
+    done = star_done;
+  }
+  while (pi < np && p[pi].kind == MG_IX_DSTAR) pi++;
+  return pi == np;
+}
+
+static bool has_purpose(const struct mg_ix_grant *g, const char *purpose) {
+  for (uint32_t i = 0; i < g->npurposes; i++)
+    if (strcmp(g->purposes[i], purpose) == 0) return true;
+  return false;
+}
+
+struct state {
+  const struct mg_ix_grant *deny, *allow, *purpose, *expired;
+  const char **ids;
+  size_t max, n;
+};
+
+/* Lowest address = smallest id (the grant array is in id order). */
+static void keep_min(const struct mg_ix_grant **slot, const struct mg_ix_grant *g) {
+  if (!*slot || g < *slot) *slot = g;
+}
+
+static void record(struct state *st, const struct mg_ix_grant *g) {
+  if (!st->ids) return;
+  size_t stored = MG_MIN(st->n, st->max);
+  for (size_t i = 0; i < stored; i++)
+    if (st->ids[i] == g->id) return;
+  if (st->n < st->max) st->ids[st->n] = g->id;
+  st->n++;
+}
+
+static void consider(struct state *st, const struct mg_ix_grant *g,
+                     const struct mg_policy_request *rq) {
+  if (!(g->actions & rq->action)) return;
+  bool hit = false;
+  for (uint32_t i = 0; i < g->npats && !hit; i++)
+    hit = pat_match(&g->pats[i], rq->resource, rq->resource_len);
+  if (!hit) return;
+  bool in_window = (g->not_before_us == MG_POLICY_NO_TIME || rq->now_us >= g->not_before_us) &&
+                   (g->expires_us == MG_POLICY_NO_TIME || rq->now_us < g->expires_us);
+  if (g->effect == MG_POLICY_DENY) {
+    if (!in_window) return;
+    if (g->npurposes && rq->purpose && !has_purpose(g, rq->purpose)) return;
+    keep_min(&st->deny, g);
+    record(st, g);
+    return;
+  }
+  if (!in_window) {
+    keep_min(&st->expired, g);
+    return;
+  }
+  if (g->npurposes && (!rq->purpose || !has_purpose(g, rq->purpose))) {
+    keep_min(&st->purpose, g);
+    return;
+  }
+  keep_min(&st->allow, g);
+  record(st, g);
+}
+
+static void walk(const struct mg_policy_index *ix, const struct mg_policy_request *rq,
+                 struct state *st) {
+  if (!rq->product || !rq->resource || !rq->action) return;
+  const struct mg_ix_slot *ps = mg_policy__ix_find(&ix->ptab, rq->product, strlen(rq->product));
+  if (!ps) return;
+  const struct mg_ix_product *pr = &ix->products[ps->off];
+  for (size_t i = 0; i < rq->nprincipals; i++) {
+    const char *pn = rq->principals[i];
+    if (!pn) continue;
+    size_t len = strlen(pn);
+    if (len == 1 && pn[0] == '*') continue;
+    const struct mg_ix_slot *ss = mg_policy__ix_find(&pr->subjects, pn, len);
+    if (!ss) continue;
+    for (uint32_t k = 0; k < ss->cnt; k++) consider(st, ix->refs[ss->off + k], rq);
+  }
+  for (uint32_t k = 0; k < pr->star_cnt; k++) consider(st, ix->refs[pr->star_off + k], rq);
+}
+
+static void conclude(const struct state *st, struct mg_policy_decision *out) {
+  const struct mg_ix_grant *g = NULL;
+  out->allow = false;
+  if (st->deny) {
+    g = st->deny;
+    out->reason = MG_POLICY_REASON_DENIED;
+  } else if (st->allow) {
+    g = st->allow;
+    out->allow = true;
+    out->reason = MG_POLICY_REASON_ALLOWED;
+  } else if (st->purpose) {
+    g = st->purpose;
+    out->reason = MG_POLICY_REASON_PURPOSE_MISSING;
+  } else if (st->expired) {
+    g = st->expired;
+    out->reason = MG_POLICY_REASON_EXPIRED;
+  } else {
+    out->reason = MG_POLICY_REASON_NO_GRANT;
+  }
+  out->grant_id = g ? g->id : NULL;
+}
+
+void mg_policy_decide(const struct mg_policy_index *ix, const struct mg_policy_request *rq,
+                      struct mg_policy_decision *out) {
+  struct state st = {0};
+  if (ix) walk(ix, rq, &st);
+  conclude(&st, out);
+}
+
+size_t mg_policy_explain(const struct mg_policy_index *ix, const struct mg_policy_request *rq,
+                         struct mg_policy_decision *out, const char **ids, size_t max) {
+  static const char *dummy[1];
+  struct state st = {.ids = ids ? ids : dummy, .max = ids ? max : 0};
+  if (ix) walk(ix, rq, &st);
+  conclude(&st, out);
+  return st.n;
+}
