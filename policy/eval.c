@@ -73,6 +73,8 @@ struct state {
   const struct mg_ix_grant *deny, *allow, *purpose, *expired;
   const char **ids;
   size_t max, n;
+  const struct mg_policy_request *rq;
+  size_t cur; /* index of the principal whose list is walked; nprincipals = "*" */
 };
 
 /* Lowest address = smallest id (the grant array is in id order). */
@@ -80,11 +82,21 @@ static void keep_min(const struct mg_ix_grant **slot, const struct mg_ix_grant *
   if (!*slot || g < *slot) *slot = g;
 }
 
+/* A grant is reached once per request principal it names (and once more if it names
+ * "*"): it was seen before iff an earlier principal is one of its subjects. Checking that
+ * instead of remembering visited grants keeps explain() allocation-free and exact. */
+static bool seen_before(const struct state *st, const struct mg_ix_grant *g) {
+  for (size_t j = 0; j < st->cur; j++) {
+    const char *p = st->rq->principals[j];
+    if (!p || (p[0] == '*' && !p[1])) continue;
+    for (uint32_t k = 0; k < g->nsubjects; k++)
+      if (strcmp(g->subjects[k], p) == 0) return true;
+  }
+  return false;
+}
+
 static void record(struct state *st, const struct mg_ix_grant *g) {
-  if (!st->ids) return;
-  size_t stored = MG_MIN(st->n, st->max);
-  for (size_t i = 0; i < stored; i++)
-    if (st->ids[i] == g->id) return;
+  if (!st->ids || seen_before(st, g)) return;
   if (st->n < st->max) st->ids[st->n] = g->id;
   st->n++;
 }
@@ -123,7 +135,9 @@ static void walk(const struct mg_policy_index *ix, const struct mg_policy_reques
   const struct mg_ix_slot *ps = mg_policy__ix_find(&ix->ptab, rq->product, strlen(rq->product));
   if (!ps) return;
   const struct mg_ix_product *pr = &ix->products[ps->off];
+  st->rq = rq;
   for (size_t i = 0; i < rq->nprincipals; i++) {
+    st->cur = i;
     const char *pn = rq->principals[i];
     if (!pn) continue;
     size_t len = strlen(pn);
@@ -132,6 +146,7 @@ static void walk(const struct mg_policy_index *ix, const struct mg_policy_reques
     if (!ss) continue;
     for (uint32_t k = 0; k < ss->cnt; k++) consider(st, ix->refs[ss->off + k], rq);
   }
+  st->cur = rq->nprincipals;
   for (uint32_t k = 0; k < pr->star_cnt; k++) consider(st, ix->refs[pr->star_off + k], rq);
 }
 

@@ -106,6 +106,8 @@ static int compile_grants(struct mg_policy_index *ix) {
     g->actions = (uint8_t)gr->actions;
     g->npurposes = (uint32_t)gr->npurposes;
     g->purposes = gr->purposes;
+    g->subjects = gr->subjects;
+    g->nsubjects = (uint32_t)gr->nsubjects;
     g->not_before_us = gr->not_before_us;
     g->expires_us = gr->expires_us;
     g->pats = pat;

@@ -223,8 +223,9 @@ int mg_policy_store_verify(struct mg_policy_store *s);
  *    one with the smallest id (byte order), so the answer does not depend on the order of
  *    principals. NULL for NO_GRANT.
  *  - A principal "*" in the request is ignored (the "*" grants are always candidates).
- *  - explain(): ids of every matching grant, deny and allow, each once, in encounter order;
- *    the return value counts distinct matches while they fit in max.
+ *  - explain(): ids of every matching grant, deny and allow, each once, in encounter order
+ *    (principals in request order, then "*" grants); the return value counts distinct
+ *    matches even beyond max. Allows that failed only on purpose or window are not listed.
  * Bounds (validation rejects more): id 128 bytes; product 128; subject name (after the
  * "type:" prefix) 256; pattern 1024 bytes / 128 segments; purpose 256; description 1024;
  * subjects/resources/purposes at most 1024 entries, no duplicates; time years 0000-9999.

@@ -73,6 +73,8 @@ struct mg_ix_grant {
   uint32_t npurposes;
   const struct mg_ix_pat *pats;
   char *const *purposes;
+  char *const *subjects;   /* for explain(): was this grant already reached? */
+  uint32_t nsubjects;
   int64_t not_before_us;
   int64_t expires_us;
 };
