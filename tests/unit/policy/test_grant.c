@@ -198,7 +198,7 @@ static void test_types(void **st) {
 static void test_fields(void **st) {
   (void)st;
   char longid[200];
-  memset(longid, 'a', 129);
+  memset(longid, 'a', 130);
   longid[0] = '"';
   longid[130] = '"';
   longid[131] = 0;
