@@ -112,5 +112,8 @@ struct mg_server_stats {
   uint64_t upstream_errors;
 };
 void mg_server_stats(struct mg_server *s, struct mg_server_stats *out);
+/* The TCP port the data listeners are bound to (the chosen one when the configured port
+ * is 0; every worker's listener shares it). Any thread. */
+int mg_server_port(const struct mg_server *s);
 
 #endif /* MG_SIDECAR_PROXY_H */
