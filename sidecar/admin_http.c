@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -46,6 +47,8 @@
 #define WRITE_TIMEOUT_S 60
 #define H2_MAX_STREAMS 32
 #define PIPE_CHUNK (64u * 1024)
+#define DISCARD_MAX (8u * 1024 * 1024)
+#define LINGER_S 2
 
 static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #define H2_PREFACE_LEN 24
@@ -210,7 +213,8 @@ struct h2s {
   size_t hdr_bytes;
   size_t off;            /* bytes of resp.body sent */
   int err;               /* status decided before the request was complete */
-  bool responded, discard;
+  bool responded, discard, reset;
+  size_t discarded;      /* body bytes dropped after an early answer */
   struct event *ev;      /* export pipe readable */
   struct h2s *next, *prev;
 };
@@ -238,6 +242,7 @@ struct conn {
   char spiffe[2100];
   bool has_spiffe;
   bool closing;          /* free once the output is flushed */
+  bool lingering;        /* output flushed and shut; draining input until EOF or timer */
   struct event *timer;
   struct conn *next, *prev;
   /* HTTP/1.1 */
@@ -267,28 +272,61 @@ static void arm_timer(struct conn *c, int secs) {
  * from inside a call chain that may still touch them: closing code arms the timer. */
 static void kill_soon(struct conn *c) {
   c->closing = true;
+  c->lingering = true;
   bufferevent_disable(c->bev, EV_READ);
   struct timeval tv = {0, 0};
   evtimer_add(c->timer, &tv);
 }
 
+/* After the last answer: stop writing (FIN) but keep reading and dropping what the client
+ * still sends for LINGER_S, so the answer is not destroyed by a TCP reset from unread data
+ * (a client still uploading a refused body). */
+static void linger(struct conn *c) {
+  c->lingering = true;
+  if (!c->ssl) shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+  struct timeval tv = {LINGER_S, 0};
+  evtimer_add(c->timer, &tv);
+}
+
 static void close_after_flush(struct conn *c) {
+  if (c->closing) return;
   c->closing = true;
-  bufferevent_disable(c->bev, EV_READ);
   bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
-  struct timeval tv = {evbuffer_get_length(bufferevent_get_output(c->bev)) ? WRITE_TIMEOUT_S : 0, 0};
+  bufferevent_enable(c->bev, EV_READ);
+  if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+    linger(c);
+    return;
+  }
+  struct timeval tv = {WRITE_TIMEOUT_S, 0};
   evtimer_add(c->timer, &tv);
 }
 
 /* ---- HTTP/1.1 responses ---- */
+
+/* Header names are stored lower case (HTTP/2 needs that); HTTP/1.1 gets the usual spelling. */
+static void h1_name(char *out, size_t outlen, const char *name) {
+  if (strcmp(name, "etag") == 0) name = "ETag";
+  else if (strcmp(name, "www-authenticate") == 0) name = "WWW-Authenticate";
+  size_t i = 0;
+  bool up = true;
+  for (; name[i] && i + 1 < outlen; i++) {
+    char ch = name[i];
+    out[i] = up && ch >= 'a' && ch <= 'z' ? (char)(ch - 32) : ch;
+    up = ch == '-';
+  }
+  out[i] = 0;
+}
 
 static void h1_write_head(struct conn *c, const struct mg_admin_resp *rs, bool keepalive,
                           bool chunked) {
   struct evbuffer *out = bufferevent_get_output(c->bev);
   evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", rs->status, mg_admin_status_text(rs->status));
   if (rs->status != 204) evbuffer_add_printf(out, "Content-Type: %s\r\n", rs->ctype);
-  for (size_t i = 0; i < rs->nhdrs; i++)
-    evbuffer_add_printf(out, "%s: %s\r\n", rs->hdrs[i].name, rs->hdrs[i].value);
+  for (size_t i = 0; i < rs->nhdrs; i++) {
+    char name[64];
+    h1_name(name, sizeof name, rs->hdrs[i].name);
+    evbuffer_add_printf(out, "%s: %s\r\n", name, rs->hdrs[i].value);
+  }
   evbuffer_add_printf(out, "Cache-Control: no-store\r\n");
   if (chunked) evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
   else if (rs->stream) { /* HTTP/1.0: the end of the connection ends the body */ }
@@ -611,22 +649,22 @@ static int h2_on_data(nghttp2_session *sess, uint8_t flags, int32_t id, const ui
   struct conn *c = ud;
   (void)flags;
   struct h2s *s = nghttp2_session_get_stream_user_data(sess, id);
-  if (!s || s->discard || s->responded) return 0;
+  if (!s) return 0;
+  if (s->discard || s->responded) {
+    /* answered early (413/431): drop the rest of the upload; clients (curl ≤ 8.x) lose an
+     * answer followed at once by RST_STREAM, so only a long upload is cut off */
+    s->discarded += len;
+    if (s->discarded > DISCARD_MAX && !s->reset) {
+      s->reset = true;
+      nghttp2_submit_rst_stream(sess, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR);
+    }
+    return 0;
+  }
   if (s->req.body.len + len > MG_ADMIN_MAX_BODY) {
     h2_early(c, s, 413);
     return 0;
   }
   if (mg_buf_append(&s->req.body, data, len)) return NGHTTP2_ERR_CALLBACK_FAILURE;
-  return 0;
-}
-
-static int h2_on_frame_send(nghttp2_session *sess, const nghttp2_frame *f, void *ud) {
-  (void)ud;
-  if (!(f->hd.flags & NGHTTP2_FLAG_END_STREAM)) return 0;
-  struct h2s *s = nghttp2_session_get_stream_user_data(sess, f->hd.stream_id);
-  /* answered early (413/431): stop the client's upload now that the answer is out */
-  if (s && s->discard && nghttp2_session_get_stream_remote_close(sess, s->id) == 0)
-    nghttp2_submit_rst_stream(sess, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
   return 0;
 }
 
@@ -654,7 +692,6 @@ static int h2_start(struct conn *c) {
   nghttp2_session_callbacks_set_on_header_callback(cbs, h2_on_header);
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, h2_on_frame_recv);
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, h2_on_data);
-  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, h2_on_frame_send);
   nghttp2_session_callbacks_set_on_stream_close_callback(cbs, h2_on_close);
   if (nghttp2_option_new(&opt)) goto fail_opt;
   nghttp2_option_set_max_continuations(opt, 8);
@@ -777,7 +814,7 @@ static void on_read(struct bufferevent *bev, void *arg) {
 static void on_write(struct bufferevent *bev, void *arg) {
   struct conn *c = arg;
   if (c->closing) {
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) conn_free(c);
+    if (!c->lingering && evbuffer_get_length(bufferevent_get_output(bev)) == 0) linger(c);
     return;
   }
   if (c->proto == P_H1 && c->stream_ev && !event_pending(c->stream_ev, EV_READ, NULL))
