@@ -64,7 +64,7 @@ static bool pat_match(const struct mg_ix_pat *pat, const char *r, size_t rl) {
 }
 
 static bool has_purpose(const struct mg_ix_grant *g, const char *purpose) {
-  for (uint32_t i = 0; i < g->npurposes; i++)
+  for (uint16_t i = 0; i < g->npurposes; i++)
     if (strcmp(g->purposes[i], purpose) == 0) return true;
   return false;
 }
@@ -77,9 +77,9 @@ struct state {
   size_t cur; /* index of the principal whose list is walked; nprincipals = "*" */
 };
 
-/* Lowest address = smallest id (the grant array is in id order). */
+/* Lowest rank = smallest id. */
 static void keep_min(const struct mg_ix_grant **slot, const struct mg_ix_grant *g) {
-  if (!*slot || g < *slot) *slot = g;
+  if (!*slot || g->rank < (*slot)->rank) *slot = g;
 }
 
 /* A grant is reached once per request principal it names (and once more if it names
@@ -89,7 +89,7 @@ static bool seen_before(const struct state *st, const struct mg_ix_grant *g) {
   for (size_t j = 0; j < st->cur; j++) {
     const char *p = st->rq->principals[j];
     if (!p || (p[0] == '*' && !p[1])) continue;
-    for (uint32_t k = 0; k < g->nsubjects; k++)
+    for (uint16_t k = 0; k < g->nsubjects; k++)
       if (strcmp(g->subjects[k], p) == 0) return true;
   }
   return false;
@@ -101,11 +101,19 @@ static void record(struct state *st, const struct mg_ix_grant *g) {
   st->n++;
 }
 
+#ifdef MG_POLICY_STATS
+unsigned long mg_policy_stat_considered, mg_policy_stat_lookups, mg_policy_stat_found;
+#define STAT(x) (x)++
+#else
+#define STAT(x) ((void)0)
+#endif
+
 static void consider(struct state *st, const struct mg_ix_grant *g,
                      const struct mg_policy_request *rq) {
+  STAT(mg_policy_stat_considered);
   if (!(g->actions & rq->action)) return;
   bool hit = false;
-  for (uint32_t i = 0; i < g->npats && !hit; i++)
+  for (uint16_t i = 0; i < g->npats && !hit; i++)
     hit = pat_match(&g->pats[i], rq->resource, rq->resource_len);
   if (!hit) return;
   bool in_window = (g->not_before_us == MG_POLICY_NO_TIME || rq->now_us >= g->not_before_us) &&
@@ -129,25 +137,83 @@ static void consider(struct state *st, const struct mg_ix_grant *g,
   record(st, g);
 }
 
+static void walk_list(struct state *st, const char *block, uint32_t cnt,
+                      const struct mg_policy_request *rq) {
+  for (uint32_t k = 0; k < cnt; k++) {
+    const struct mg_ix_grant *g = (const struct mg_ix_grant *)block;
+    consider(st, g, rq);
+    block += g->size;
+  }
+}
+
+#define ALIGN8(x) (((x) + 7) & ~(size_t)7)
+#define PIPE 16 /* principals looked up together */
+
+/* Memory, not arithmetic, is the cost at 100k grants: each principal's slot and list are
+ * cold. So lookups are pipelined: hash every principal and prefetch its slot, then read
+ * the slots and prefetch the lists, then walk the lists; the misses overlap instead of
+ * queueing. Correctness does not depend on the prefetches. */
+static void walk_principals(const struct mg_policy_index *ix, const struct mg_ix_product *pr,
+                            struct state *st, size_t from, size_t to) {
+  const struct mg_policy_request *rq = st->rq;
+  const struct mg_ix_table *t = &pr->subjects;
+  uint64_t h[PIPE];
+  size_t len[PIPE];
+  const struct mg_ix_slot *slot[PIPE];
+  size_t n = to - from;
+  for (size_t i = 0; i < n; i++) {
+    const char *pn = rq->principals[from + i];
+    slot[i] = NULL;
+    len[i] = 0;
+    if (!pn || (pn[0] == '*' && !pn[1]) || !t->slots) continue;
+    len[i] = strlen(pn);
+    h[i] = mg_hash64(pn, len[i]);
+    __builtin_prefetch(&t->slots[h[i] & t->mask]);
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (!len[i]) continue;
+    for (size_t k = h[i] & t->mask;; k = (k + 1) & t->mask) {
+      const struct mg_ix_slot *sl = &t->slots[k];
+      if (!sl->cnt) break;
+      if (sl->h == h[i] && sl->klen == len[i]) {
+        slot[i] = sl;
+        const char *key = ix->arena + sl->off - ALIGN8(len[i] + 1);
+        __builtin_prefetch(key);
+        __builtin_prefetch(key + 64);
+        __builtin_prefetch(key + 128);
+        break;
+      }
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    const struct mg_ix_slot *sl = slot[i];
+    if (!sl) continue;
+    STAT(mg_policy_stat_lookups);
+    const char *pn = rq->principals[from + i];
+    if (memcmp(ix->arena + sl->off - ALIGN8(len[i] + 1), pn, len[i]) != 0) {
+      /* 64-bit hash collision: fall back to the plain probe. */
+      sl = mg_policy__ix_find(t, pn, len[i], ix->arena, NULL);
+      if (!sl) continue;
+    }
+    STAT(mg_policy_stat_found);
+    st->cur = from + i;
+    walk_list(st, ix->arena + sl->off, sl->cnt, rq);
+  }
+}
+
 static void walk(const struct mg_policy_index *ix, const struct mg_policy_request *rq,
                  struct state *st) {
   if (!rq->product || !rq->resource || !rq->action) return;
-  const struct mg_ix_slot *ps = mg_policy__ix_find(&ix->ptab, rq->product, strlen(rq->product));
+  const struct mg_ix_slot *ps = mg_policy__ix_find(&ix->ptab, rq->product, strlen(rq->product),
+                                                   NULL, ix->product_names);
   if (!ps) return;
   const struct mg_ix_product *pr = &ix->products[ps->off];
   st->rq = rq;
-  for (size_t i = 0; i < rq->nprincipals; i++) {
-    st->cur = i;
-    const char *pn = rq->principals[i];
-    if (!pn) continue;
-    size_t len = strlen(pn);
-    if (len == 1 && pn[0] == '*') continue;
-    const struct mg_ix_slot *ss = mg_policy__ix_find(&pr->subjects, pn, len);
-    if (!ss) continue;
-    for (uint32_t k = 0; k < ss->cnt; k++) consider(st, ix->refs[ss->off + k], rq);
-  }
+  if (pr->star_cnt) __builtin_prefetch(ix->arena + pr->star_off);
+  for (size_t i = 0; i < rq->nprincipals; i += PIPE)
+    walk_principals(ix, pr, st, i, MG_MIN(i + PIPE, rq->nprincipals));
   st->cur = rq->nprincipals;
-  for (uint32_t k = 0; k < pr->star_cnt; k++) consider(st, ix->refs[pr->star_off + k], rq);
+  walk_list(st, ix->arena + pr->star_off, pr->star_cnt, rq);
 }
 
 static void conclude(const struct state *st, struct mg_policy_decision *out) {

@@ -45,145 +45,171 @@ static int table_init(struct mg_ix_table *t, size_t n) {
   return 0;
 }
 
-static void table_put(struct mg_ix_table *t, const char *key, uint32_t off, uint32_t cnt) {
+#define ALIGN8(x) (((x) + 7) & ~(size_t)7)
+
+static void table_put(struct mg_ix_table *t, const char *key, size_t off, uint32_t cnt) {
   size_t len = strlen(key);
   uint64_t h = mg_hash64(key, len);
   size_t i = h & t->mask;
   while (t->slots[i].cnt) i = (i + 1) & t->mask;
-  t->slots[i] = (struct mg_ix_slot){h, key, (uint32_t)len, off, cnt};
+  t->slots[i] = (struct mg_ix_slot){h, off, (uint32_t)len, cnt};
 }
 
 const struct mg_ix_slot *mg_policy__ix_find(const struct mg_ix_table *t, const char *key,
-                                            size_t len) {
+                                            size_t len, const char *keys_base,
+                                            const char *const *names) {
   if (!t->slots) return NULL;
   uint64_t h = mg_hash64(key, len);
   for (size_t i = h & t->mask;; i = (i + 1) & t->mask) {
     const struct mg_ix_slot *s = &t->slots[i];
     if (!s->cnt) return NULL;
-    if (s->h == h && s->klen == len && memcmp(s->key, key, len) == 0) return s;
+    if (s->h != h || s->klen != len) continue;
+    const char *k = keys_base ? keys_base + s->off - ALIGN8(len + 1) : names[s->off];
+    if (memcmp(k, key, len) == 0) return s;
   }
 }
 
 static void index_free(struct mg_policy_index *ix) {
   if (!ix) return;
   mg_policy_grants_free(ix->grants, ix->ngrants);
-  free(ix->g);
-  free(ix->pats);
-  free(ix->segs);
-  free(ix->refs);
-  if (ix->products) {
-    /* products[] count = number of occupied ptab slots */
-    for (size_t i = 0; ix->ptab.slots && i <= ix->ptab.mask; i++)
-      if (ix->ptab.slots[i].cnt) free(ix->products[ix->ptab.slots[i].off].subjects.slots);
-  }
+  free(ix->arena);
+  for (size_t i = 0; ix->products && i < ix->nproducts; i++) free(ix->products[i].subjects.slots);
   free(ix->products);
+  free(ix->product_names);
   free(ix->ptab.slots);
   free(ix);
 }
 
-/* Splits every pattern of every grant into segments. */
-static int compile_grants(struct mg_policy_index *ix) {
-  size_t npats = 0, nsegs = 0;
-  for (size_t i = 0; i < ix->ngrants; i++) {
-    const struct mg_grant *gr = ix->grants[i];
-    npats += gr->nresources;
-    for (size_t r = 0; r < gr->nresources; r++) {
-      nsegs++;
-      for (const char *p = gr->resources[r]; *p; p++) nsegs += *p == '/';
-    }
-  }
-  ix->g = calloc(ix->ngrants ? ix->ngrants : 1, sizeof *ix->g);
-  ix->pats = calloc(npats ? npats : 1, sizeof *ix->pats);
-  ix->segs = calloc(nsegs ? nsegs : 1, sizeof *ix->segs);
-  if (!ix->g || !ix->pats || !ix->segs) return -ENOMEM;
-  struct mg_ix_pat *pat = ix->pats;
-  struct mg_ix_seg *seg = ix->segs;
-  for (size_t i = 0; i < ix->ngrants; i++) {
-    const struct mg_grant *gr = ix->grants[i];
-    struct mg_ix_grant *g = &ix->g[i];
-    g->id = gr->id;
-    g->effect = (uint8_t)gr->effect;
-    g->actions = (uint8_t)gr->actions;
-    g->npurposes = (uint32_t)gr->npurposes;
-    g->purposes = gr->purposes;
-    g->subjects = gr->subjects;
-    g->nsubjects = (uint32_t)gr->nsubjects;
-    g->not_before_us = gr->not_before_us;
-    g->expires_us = gr->expires_us;
-    g->pats = pat;
-    g->npats = (uint32_t)gr->nresources;
-    for (size_t r = 0; r < gr->nresources; r++, pat++) {
-      const char *s = gr->resources[r];
-      pat->segs = seg;
-      pat->nseg = 0;
-      for (;;) {
-        const char *e = strchr(s, '/');
-        size_t len = e ? (size_t)(e - s) : strlen(s);
-        seg->s = s;
-        seg->len = (uint32_t)len;
-        seg->kind = len == 1 && s[0] == '*'                  ? MG_IX_STAR
-                    : len == 2 && s[0] == '*' && s[1] == '*' ? MG_IX_DSTAR
-                                                             : MG_IX_LIT;
-        /* Consecutive "**" segments mean the same as one and only cost backtracking. */
-        if (!(seg->kind == MG_IX_DSTAR && pat->nseg && seg[-1].kind == MG_IX_DSTAR)) {
-          seg++;
-          pat->nseg++;
-        }
-        if (!e) break;
-        s = e + 1;
-      }
-    }
-  }
-  return 0;
+static size_t seg_count(const char *pat) {
+  size_t n = 1;
+  for (const char *p = pat; *p; p++) n += *p == '/';
+  return n;
 }
 
+/* Bytes of one grant's block. */
+static size_t block_size(const struct mg_grant *gr) {
+  size_t n = sizeof(struct mg_ix_grant) + gr->nresources * sizeof(struct mg_ix_pat);
+  size_t chars = 0;
+  for (size_t r = 0; r < gr->nresources; r++) {
+    n += seg_count(gr->resources[r]) * sizeof(struct mg_ix_seg);
+    chars += strlen(gr->resources[r]);
+  }
+  return ALIGN8(n + chars);
+}
+
+/* Writes grant gr (rank = its position in id order) as a block at dst. */
+static void emit_grant(char *dst, const struct mg_grant *gr, uint32_t rank) {
+  struct mg_ix_grant *g = (struct mg_ix_grant *)dst;
+  struct mg_ix_pat *pat = (struct mg_ix_pat *)(g + 1);
+  struct mg_ix_seg *seg = (struct mg_ix_seg *)(pat + gr->nresources);
+  size_t nseg_all = 0;
+  for (size_t r = 0; r < gr->nresources; r++) nseg_all += seg_count(gr->resources[r]);
+  char *chars = (char *)(seg + nseg_all);
+  *g = (struct mg_ix_grant){
+      .size = (uint32_t)block_size(gr),
+      .rank = rank,
+      .effect = (uint8_t)gr->effect,
+      .actions = (uint8_t)gr->actions,
+      .npurposes = (uint16_t)gr->npurposes,
+      .npats = (uint16_t)gr->nresources,
+      .nsubjects = (uint16_t)gr->nsubjects,
+      .id = gr->id,
+      .not_before_us = gr->not_before_us,
+      .expires_us = gr->expires_us,
+      .pats = pat,
+      .purposes = gr->purposes,
+      .subjects = gr->subjects,
+  };
+  for (size_t r = 0; r < gr->nresources; r++, pat++) {
+    const char *s = gr->resources[r];
+    pat->segs = seg;
+    pat->nseg = 0;
+    for (;;) {
+      const char *e = strchr(s, '/');
+      size_t len = e ? (size_t)(e - s) : strlen(s);
+      uint32_t kind = len == 1 && s[0] == '*'                  ? MG_IX_STAR
+                      : len == 2 && s[0] == '*' && s[1] == '*' ? MG_IX_DSTAR
+                                                               : MG_IX_LIT;
+      /* Consecutive "**" segments mean the same as one and only cost backtracking. */
+      if (!(kind == MG_IX_DSTAR && pat->nseg && seg[-1].kind == MG_IX_DSTAR)) {
+        memcpy(chars, s, len);
+        *seg++ = (struct mg_ix_seg){chars, (uint32_t)len, kind};
+        chars += len;
+        pat->nseg++;
+      }
+      if (!e) break;
+      s = e + 1;
+    }
+  }
+}
+
+/* Groups (product, subject, grant) triples into lists laid out in one arena:
+ * for each list, the subject bytes then its grant blocks in id order. */
 static int build_tables(struct mg_policy_index *ix) {
   size_t nt = 0;
   for (size_t i = 0; i < ix->ngrants; i++) nt += ix->grants[i]->nsubjects;
   struct triple *t = malloc((nt ? nt : 1) * sizeof *t);
+  size_t *bsize = malloc((ix->ngrants ? ix->ngrants : 1) * sizeof *bsize);
   int rv = -ENOMEM;
-  if (!t) return rv;
+  if (!t || !bsize) goto out;
   size_t k = 0;
-  for (size_t i = 0; i < ix->ngrants; i++)
+  for (size_t i = 0; i < ix->ngrants; i++) {
+    bsize[i] = block_size(ix->grants[i]);
     for (size_t j = 0; j < ix->grants[i]->nsubjects; j++)
       t[k++] = (struct triple){ix->grants[i]->product, ix->grants[i]->subjects[j], (uint32_t)i};
+  }
   qsort(t, nt, sizeof *t, triple_cmp);
-  ix->refs = malloc((nt ? nt : 1) * sizeof *ix->refs);
-  if (!ix->refs) goto out;
-  for (size_t i = 0; i < nt; i++) ix->refs[i] = &ix->g[t[i].gi];
 
-  size_t nprod = 0;
-  for (size_t i = 0; i < nt; i++)
+  size_t total = 0, nprod = 0;
+  for (size_t i = 0; i < nt; i++) {
+    bool new_list = i == 0 || strcmp(t[i].product, t[i - 1].product) != 0 ||
+                    strcmp(t[i].subject, t[i - 1].subject) != 0;
     if (i == 0 || strcmp(t[i].product, t[i - 1].product) != 0) nprod++;
+    if (new_list) total += ALIGN8(strlen(t[i].subject) + 1);
+    total += bsize[t[i].gi];
+  }
+  ix->arena = malloc(total ? total : 8);
   ix->products = calloc(nprod ? nprod : 1, sizeof *ix->products);
-  if (!ix->products || table_init(&ix->ptab, nprod)) goto out;
-  size_t p = 0;
+  ix->product_names = calloc(nprod ? nprod : 1, sizeof *ix->product_names);
+  if (!ix->arena || !ix->products || !ix->product_names || table_init(&ix->ptab, nprod))
+    goto out;
+  char *at = ix->arena;
   for (size_t i = 0; i < nt;) {
-    size_t end = i;
-    size_t nsubj = 0;
+    size_t end = i, nsubj = 0;
     while (end < nt && strcmp(t[end].product, t[i].product) == 0) {
       if (end == i || strcmp(t[end].subject, t[end - 1].subject) != 0) nsubj++;
       end++;
     }
-    struct mg_ix_product *pr = &ix->products[p];
+    struct mg_ix_product *pr = &ix->products[ix->nproducts];
     if (table_init(&pr->subjects, nsubj)) goto out;
-    table_put(&ix->ptab, t[i].product, (uint32_t)p, 1);
+    table_put(&ix->ptab, t[i].product, ix->nproducts, 1);
+    ix->product_names[ix->nproducts] = t[i].product;
+    ix->nproducts++;
     for (size_t a = i; a < end;) {
       size_t b = a;
       while (b < end && strcmp(t[b].subject, t[a].subject) == 0) b++;
-      if (strcmp(t[a].subject, "*") == 0) {
-        pr->star_off = (uint32_t)a;
+      size_t klen = strlen(t[a].subject);
+      char *key = at;
+      memcpy(key, t[a].subject, klen + 1);
+      at += ALIGN8(klen + 1);
+      size_t off = (size_t)(at - ix->arena);
+      for (size_t c = a; c < b; c++) {
+        emit_grant(at, ix->grants[t[c].gi], t[c].gi);
+        at += bsize[t[c].gi];
+      }
+      if (klen == 1 && key[0] == '*') {
+        pr->star_off = off;
         pr->star_cnt = (uint32_t)(b - a);
       } else {
-        table_put(&pr->subjects, t[a].subject, (uint32_t)a, (uint32_t)(b - a));
+        table_put(&pr->subjects, key, off, (uint32_t)(b - a));
       }
       a = b;
     }
-    p++;
     i = end;
   }
   rv = 0;
 out:
+  free(bsize);
   free(t);
   return rv;
 }
@@ -210,7 +236,7 @@ int mg_policy_index_build(struct mg_policy_store *s, struct mg_policy_index **ou
     }
     ix->ngrants++;
   }
-  if ((rv = compile_grants(ix)) != 0 || (rv = build_tables(ix)) != 0) goto fail_json;
+  if ((rv = build_tables(ix)) != 0) goto fail_json;
   for (size_t i = 0; i < n; i++) free(jsons[i]);
   free(jsons);
   free(lens);

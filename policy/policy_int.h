@@ -63,29 +63,34 @@ struct mg_ix_pat {
   uint32_t nseg;
 };
 
-/* One grant, laid out for decide(). The array of these is in id byte order (LMDB key
- * order), so "smallest id" is "lowest address". */
+/* One grant, laid out for decide(): a block of header, patterns, segments and the
+ * literal bytes, contiguous. Every list (product, subject) holds its own copies of its
+ * grants back to back, so walking a principal's grants reads one run of memory instead of
+ * chasing pointers across a large index (that is what keeps decide() flat at 100k). */
 struct mg_ix_grant {
-  const char *id;
+  uint32_t size;           /* bytes of this block; the next block follows */
+  uint32_t rank;           /* position in id byte order: smaller rank = smaller id */
   uint8_t effect;
   uint8_t actions;
-  uint32_t npats;
-  uint32_t npurposes;
+  uint16_t npurposes;
+  uint16_t npats;
+  uint16_t nsubjects;
+  const char *id;          /* into the parsed grant */
+  int64_t not_before_us;
+  int64_t expires_us;
   const struct mg_ix_pat *pats;
   char *const *purposes;
   char *const *subjects;   /* for explain(): was this grant already reached? */
-  uint32_t nsubjects;
-  int64_t not_before_us;
-  int64_t expires_us;
 };
 
-/* Open addressing, linear probing; cnt == 0 marks an empty slot. */
+/* Open addressing, linear probing; cnt == 0 marks an empty slot. 24 bytes: the key is
+ * not pointed to but sits in the arena just before the list (key bytes, NUL, padding to
+ * 8), so checking it touches the cache lines the walk reads next anyway. */
 struct mg_ix_slot {
   uint64_t h;
-  const char *key;
+  size_t off;        /* arena offset of the list's first block (products: index) */
   uint32_t klen;
-  uint32_t off;      /* into index->refs (subjects) or index->products (products) */
-  uint32_t cnt;
+  uint32_t cnt;      /* blocks in the list (products: 1) */
 };
 
 struct mg_ix_table {
@@ -94,25 +99,28 @@ struct mg_ix_table {
 };
 
 struct mg_ix_product {
-  struct mg_ix_table subjects;   /* subject -> refs[off .. off+cnt) */
-  uint32_t star_off, star_cnt;   /* grants with subject "*" */
+  struct mg_ix_table subjects;   /* subject -> list */
+  size_t star_off;               /* list of the grants with subject "*" */
+  uint32_t star_cnt;
 };
 
 struct mg_policy_index {
   int refs_count;                /* atomic */
   char revision[MG_POLICY_REVISION_LEN];
   uint64_t generation;
-  struct mg_grant **grants;      /* parsed grants; every string points into these */
+  struct mg_grant **grants;      /* parsed grants, id order; strings point into these */
   size_t ngrants;
-  struct mg_ix_grant *g;
-  struct mg_ix_pat *pats;
-  struct mg_ix_seg *segs;
-  const struct mg_ix_grant **refs;
+  char *arena;                   /* all lists */
+  size_t nproducts;
   struct mg_ix_product *products;
+  const char **product_names;    /* products[i]'s name */
   struct mg_ix_table ptab;       /* product name -> products[off] */
 };
 
+/* Finds key; keys_base is where the key of a slot lives: base + off - ALIGN8(klen + 1)
+ * (the arena for subjects), or NULL to compare against names[off] (products). */
 const struct mg_ix_slot *mg_policy__ix_find(const struct mg_ix_table *t, const char *key,
-                                            size_t len);
+                                            size_t len, const char *keys_base,
+                                            const char *const *names);
 
 #endif /* MG_POLICY_INT_H */
