@@ -255,6 +255,13 @@ static void req_finish(struct mg_req *r, uint32_t error_code) {
   r->out.duration_us = (uint64_t)(mg_mono_now_us() - r->info.start_mono_us);
   if (r->dispatched)
     mg_pipeline_on_close(r, &r->out);
+  if (c->goaway_after && !c->goaway && c->sess && !c->dead) {
+    nghttp2_submit_goaway(c->sess, NGHTTP2_FLAG_NONE,
+                          nghttp2_session_get_last_proc_stream_id(c->sess),
+                          NGHTTP2_ENHANCE_YOUR_CALM, NULL, 0);
+    c->goaway = true;
+    mg_tp_conn_want_write(c);
+  }
   if (c->sess)
     nghttp2_session_set_stream_user_data(c->sess, r->stream_id, NULL);
   if (r->prev)
@@ -380,14 +387,10 @@ int mg_req_count_failed_verify(struct mg_req *r) {
   struct mg_conn *c = r->conn;
   int limit = conn_cfg(c)->failed_verifies_per_conn;
   c->failed_verifies++;
-  if (limit > 0 && c->failed_verifies >= limit && !c->goaway && c->sess) {
-    /* Let this response finish (last stream id = the newest processed), then close. */
-    nghttp2_submit_goaway(c->sess, NGHTTP2_FLAG_NONE,
-                          nghttp2_session_get_last_proc_stream_id(c->sess),
-                          NGHTTP2_ENHANCE_YOUR_CALM, NULL, 0);
-    c->goaway = true;
-    mg_tp_conn_want_write(c);
-  }
+  /* GOAWAY goes out when this stream closes, so the response precedes it on the wire;
+   * streams newer than that are refused by it. */
+  if (limit > 0 && c->failed_verifies >= limit)
+    c->goaway_after = true;
   return c->failed_verifies;
 }
 
@@ -738,7 +741,12 @@ static void req_dispatch(struct mg_req *r) {
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud) {
   struct mg_conn *c = ud;
   struct mg_req *r;
-  c->got_frame = true;
+  if (!c->got_frame) {
+    /* Preface done: from now on the connection timer measures idleness. */
+    struct timeval tv = {conn_cfg(c)->idle_timeout_s > 0 ? conn_cfg(c)->idle_timeout_s : 60, 0};
+    c->got_frame = true;
+    evtimer_add(&c->timer, &tv);
+  }
   switch (frame->hd.type) {
   case NGHTTP2_HEADERS:
     r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
