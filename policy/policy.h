@@ -226,6 +226,30 @@ int mg_policy_store_verify(struct mg_policy_store *s);
  *  - explain(): ids of every matching grant, deny and allow, each once, in encounter order
  *    (principals in request order, then "*" grants); the return value counts distinct
  *    matches even beyond max. Allows that failed only on purpose or window are not listed.
+ * Store behaviour (mg_policy_store_*), for the record:
+ *  - The environment is opened with MDB_NOTLS (a read transaction may be used from any
+ *    thread) and never with MDB_NOSYNC/MDB_WRITEMAP/MDB_MAPASYNC: a returned edit is on
+ *    disk. Any thread may call any store function; edits are serialised by LMDB's writer
+ *    lock, also across processes. map_size_mb 0 = 256. Stale readers are cleared at open.
+ *  - readonly: the directory must hold a store (else -ENOENT or another -errno); edits
+ *    return -EROFS. It sees each edit the writer commits.
+ *  - Preconditions are checked inside the write transaction. if_match "*" means "exists";
+ *    a weak tag (W/"…") never matches (strong comparison). put: if_match on a missing
+ *    grant -> MG_POLICY_E_PRECONDITION; if_none_match on an existing one ->
+ *    MG_POLICY_E_EXISTS. delete: a missing grant -> MG_POLICY_E_NOTFOUND even with
+ *    if_match (RFC 9110 13.2.1: preconditions apply only when the answer would be 2xx).
+ *  - put/import re-validate the grants (MG_POLICY_E_INVALID); only canonical JSON is
+ *    stored. import: a grant of another product -> MG_POLICY_E_PRODUCT; two grants with
+ *    one id -> MG_POLICY_E_INVALID; an id held by another product's grant ->
+ *    MG_POLICY_E_PRODUCT (an import never touches another product). The import hook gets
+ *    old_json = new_json = NULL. A hook returning > 0 is treated as MG_ERR_INTERNAL.
+ *  - MDB_MAP_FULL, ENOSPC or EDQUOT -> MG_POLICY_E_FULL; other LMDB failures ->
+ *    MG_POLICY_E_STORE; in every error case the transaction is aborted, nothing changed.
+ *  - Revision: hex SHA-256 of (sum mod 2^256 of SHA-256(canonical JSON) over all grants),
+ *    so it depends only on the set of grants, not on edit order. (An additive multiset
+ *    hash: fine against accidents and for change detection; a party who can write many
+ *    grants could search for collisions far faster than 2^128, so do not use it as a
+ *    security commitment; lineage signs the old/new revision of each edit anyway.)
  * Bounds (validation rejects more): id 128 bytes; product 128; subject name (after the
  * "type:" prefix) 256; pattern 1024 bytes / 128 segments; purpose 256; description 1024;
  * subjects/resources/purposes at most 1024 entries, no duplicates; time years 0000-9999.
