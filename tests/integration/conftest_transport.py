@@ -89,12 +89,14 @@ class Proxy:
     """The passthrough program; .port, .pid, .hwm_kb(), .signal(), .stop()."""
 
     def __init__(self, binary, upstream, *extra, env=None):
+        import tempfile
         args = [binary, "--listen", "127.0.0.1:0", "--upstream", upstream] + list(extra)
         e = dict(os.environ)
         if env:
             e.update(env)
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=e)
+        # stderr to a file: a chatty child must never block on a full pipe
+        self.errf = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.errf, env=e)
         self.port = read_port(self.proc, "passthrough")
         self.pid = self.proc.pid
         self.url = "http://127.0.0.1:%d" % self.port
@@ -120,7 +122,8 @@ class Proxy:
         return self.proc.returncode
 
     def stderr(self):
-        return self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        self.errf.seek(0)
+        return self.errf.read().decode(errors="replace")
 
 
 def curl(*args, timeout=60, check=False):
@@ -182,3 +185,8 @@ def proxies():
     yield make
     for p in made:
         p.stop()
+    for p in made:
+        err = p.stderr()
+        # sanitizer builds (MG_PASSTHROUGH=<asan build>) report through stderr
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+            assert bad not in err, err[-4000:]
