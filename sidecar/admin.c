@@ -537,10 +537,13 @@ static int authenticate(struct mg_admin_ctx *c, const struct mg_admin_req *rq,
   if (rc != 0) {
     char hdr[200];
     atomic_fetch_add(&c->app->metrics.jwt_failures, 1);
-    snprintf(hdr, sizeof hdr, "Bearer error=\"invalid_token\", error_description=\"%s\"",
-             reason);
-    for (char *p = hdr + 50; *p; p++)
-      if (*p == '\\') *p = '/';
+    char safe[128];
+    size_t k = 0;
+    /* the reason goes into a quoted-string: no quotes, backslashes or control bytes */
+    for (const char *p = reason; *p && k + 1 < sizeof safe; p++)
+      safe[k++] = (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 || *p == 0x7f) ? '\'' : *p;
+    safe[k] = 0;
+    snprintf(hdr, sizeof hdr, "Bearer error=\"invalid_token\", error_description=\"%s\"", safe);
     mg_admin_resp_error(rs, 401, "invalid_token", reason);
     mg_admin_resp_header(rs, "www-authenticate", hdr);
     return -1;
@@ -1130,8 +1133,8 @@ static void *export_main(void *arg) {
   FILE *out = fdopen(job->wfd, "w");
   if (!out) {
     rc = -errno;
+    atomic_store(&job->s->result, rc); /* before the reader can see EOF */
     close(job->wfd);
-    atomic_store(&job->s->result, rc);
   } else {
     setvbuf(out, NULL, _IOFBF, 64 * 1024);
     rc = mg_lineage_export(job->r, &job->f, job->fmt, out);
