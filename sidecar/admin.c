@@ -965,6 +965,12 @@ static void h_import(struct mg_admin_ctx *c, const struct mg_admin_req *rq,
     }
   struct edit e = {.c = c, .editor = cl->editor, .product = product};
   rc = mg_policy_store_import(c->app->policy, product, gs, ng, edit_hook, &e);
+  if (rc == MG_POLICY_E_PRODUCT && !e.lineage_err) {
+    /* every grant is of `product` (checked above): an id is taken by another product */
+    mg_admin_resp_error(rs, 409, "conflict",
+                        "a grant id of the import is held by a grant of another product");
+    goto out;
+  }
   if (rc != 0) {
     edit_error(rs, &e, rc, "*import*");
     goto out;

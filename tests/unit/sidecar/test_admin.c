@@ -498,6 +498,11 @@ static void test_import(void **state) {
   assert_int_equal(call(f, admin, NULL, "GET", "/v1/grants/new2", NULL, NULL), 200);
   assert_int_equal(call(f, admin, NULL, "GET", "/v1/grants/keep", NULL, NULL), 200);
   assert_true(lineage_has(f, "\"grant\":\"*import*\""));
+  /* an id held by another product's grant: conflict, nothing changes */
+  snprintf(body, sizeof body, "{\"product\":\"orders\",\"grants\":[%s]}",
+           grant("keep", "orders", "group:b", "x"));
+  assert_int_equal(call(f, admin, NULL, "POST", "/v1/grants:import", body, NULL), 409);
+  assert_int_equal(call(f, admin, NULL, "GET", "/v1/grants/new1", NULL, NULL), 200);
   /* a grant of another product inside the import */
   snprintf(body, sizeof body, "{\"product\":\"orders\",\"grants\":[%s]}",
            grant("z", "billing", "group:b", "x"));
