@@ -59,7 +59,13 @@ static void problem(struct vctx *c, const char *ptr, const char *fmt, ...) {
     va_end(ap);
   }
   char *m = NULL;
-  if (asprintf(&m, "%s: %s", ptr, reason) < 0) { c->oom = 1; return; }
+  int mlen = asprintf(&m, "%s: %s", ptr, reason);
+  if (mlen < 0) { c->oom = 1; return; }
+  /* Messages go back to the author inside JSON: keep them valid UTF-8 even when they
+   * quote a broken key or jansson quotes the bytes near a syntax error. */
+  if (!mg_utf8_valid(m, (size_t)mlen))
+    for (int i = 0; i < mlen; i++)
+      if ((unsigned char)m[i] >= 0x80) m[i] = '?';
   char **nm = realloc(c->d->msgs, (c->d->n + 1) * sizeof *nm);
   if (!nm) { free(m); c->oom = 1; return; }
   nm[c->d->n++] = m;
@@ -426,15 +432,103 @@ static void grant_from_json(struct vctx *c, json_t *o, const char *prefix,
   *out = g;
 }
 
-/* jansson stops at the first syntax error; it has no pointer, so the diag carries the
- * document (or element) pointer and jansson's line:column. */
+/* jansson stops at the first syntax error and gives only a byte position. To name the
+ * place by JSON Pointer anyway, rescan the text up to that position with a minimal
+ * structural tracker (strings, brackets, commas, colons): the member or element being
+ * read when jansson gave up is the pointer. Only the first MAX_TRACK levels are named;
+ * deeper errors point at their ancestor at that depth. */
+#define MAX_TRACK 32
+
+struct frame {
+  bool obj, want_key, have_key;
+  size_t idx;
+  const char *key;
+  size_t klen;
+};
+
+static void pointer_at(const char *json, size_t len, size_t pos, const char *prefix, char *out,
+                       size_t cap) {
+  struct frame st[MAX_TRACK];
+  size_t depth = 0, extra = 0; /* extra: levels beyond MAX_TRACK */
+  bool in_str = false, esc = false, is_key = false;
+  size_t key_start = 0;
+  if (pos > len) pos = len;
+  for (size_t i = 0; i < pos; i++) {
+    char c = json[i];
+    if (in_str) {
+      if (esc) esc = false;
+      else if (c == '\\') esc = true;
+      else if (c == '"') {
+        in_str = false;
+        if (is_key && depth && !extra) {
+          st[depth - 1].key = json + key_start;
+          st[depth - 1].klen = i - key_start;
+          st[depth - 1].have_key = true;
+          st[depth - 1].want_key = false;
+        }
+      }
+      continue;
+    }
+    struct frame *top = depth && !extra ? &st[depth - 1] : NULL;
+    switch (c) {
+    case '"':
+      in_str = true;
+      is_key = top && top->obj && top->want_key;
+      key_start = i + 1;
+      break;
+    case '{':
+    case '[':
+      if (depth == MAX_TRACK || extra) { extra++; break; }
+      st[depth++] = (struct frame){.obj = c == '{', .want_key = c == '{'};
+      break;
+    case '}':
+    case ']':
+      if (extra) extra--;
+      else if (depth) depth--;
+      break;
+    case ',':
+      if (top && top->obj) { top->want_key = true; top->have_key = false; }
+      else if (top) top->idx++;
+      break;
+    case ':':
+      if (top && top->obj) top->want_key = false;
+      break;
+    default:
+      break;
+    }
+  }
+  /* An unfinished key names its object member too. */
+  if (in_str && is_key && depth && !extra) {
+    st[depth - 1].key = json + key_start;
+    st[depth - 1].klen = pos - key_start;
+    st[depth - 1].have_key = true;
+  }
+  snprintf(out, cap, "%s", prefix);
+  for (size_t d = 0; d < depth; d++) {
+    char tmp[256];
+    if (!st[d].obj) {
+      ptr_index(tmp, sizeof tmp, out, st[d].idx);
+    } else if (st[d].have_key) {
+      char key[80];
+      size_t kl = MG_MIN(st[d].klen, sizeof key - 1);
+      memcpy(key, st[d].key, kl);
+      key[kl] = 0;
+      ptr_join(tmp, sizeof tmp, out, key);
+    } else {
+      break;
+    }
+    snprintf(out, cap, "%s", tmp);
+  }
+}
+
 static json_t *load(struct vctx *c, const char *json, size_t len, const char *prefix) {
   json_error_t err;
   json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &err);
   if (!root) {
     if (json_error_code(&err) == json_error_out_of_memory) { c->oom = 1; return NULL; }
-    problem(c, prefix, "invalid JSON at line %d, column %d: %s", err.line, err.column,
-            err.text);
+    char ptr[256];
+    pointer_at(json, len, (size_t)err.position, prefix, ptr, sizeof ptr);
+    problem(c, ptr, "invalid JSON at line %d, column %d: %s", err.line, err.column, err.text);
   }
   return root;
 }

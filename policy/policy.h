@@ -253,8 +253,10 @@ int mg_policy_store_verify(struct mg_policy_store *s);
  * Bounds (validation rejects more): id 128 bytes; product 128; subject name (after the
  * "type:" prefix) 256; pattern 1024 bytes / 128 segments; purpose 256; description 1024;
  * subjects/resources/purposes at most 1024 entries, no duplicates; time years 0000-9999.
- * Diag lists at most 1000 problems (then one "too many problems" line). Syntax errors are
- * reported at the document (or prefix) pointer with jansson's line and column.
+ * Diag lists at most 1000 problems (then one "too many problems" line). A syntax error
+ * (jansson stops at the first) is reported at the pointer of the member or element being
+ * read when it occurred ("" for trailing data), with jansson's line and column. Messages
+ * are always valid UTF-8 (bytes of a broken key are shown as '?').
  */
 
 #ifdef __cplusplus

@@ -50,7 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   } else if (rv == MG_POLICY_E_INVALID) {
     if (d.n == 0) abort(); /* a rejection always says why */
     for (size_t i = 0; i < d.n; i++)
-      if (!strstr(d.msgs[i], ": ")) abort();
+      if (!strstr(d.msgs[i], ": ") || !mg_utf8_valid(d.msgs[i], strlen(d.msgs[i]))) abort();
   }
   mg_policy_diag_clear(&d);
 

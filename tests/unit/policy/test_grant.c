@@ -146,31 +146,63 @@ static void test_canonical_normalises(void **st) {
 
 static void test_malformed_json(void **st) {
   (void)st;
-  /* Syntax-level problems are reported at the document pointer ("") with line:col. */
-  expect_bad("{\"id\":\"a\",\"id\":\"b\"}", "");
+  /* Syntax-level problems (jansson stops there) still carry the pointer of the member or
+   * element being read, plus line:column. */
+  expect_bad("{\"id\":\"a\",\"id\":\"b\"}", "/id");
   struct mg_policy_diag d = {0};
   struct mg_grant *g;
   const char *dup = "{\"id\":\"a\",\"effect\":\"allow\",\"effect\":\"deny\"}";
   assert_int_equal(mg_policy_grant_parse(dup, strlen(dup), "", &g, &d), MG_POLICY_E_INVALID);
-  assert_true(diag_contains(&d, "duplicate"));
+  assert_int_equal(d.n, 1);
+  assert_string_equal(d.msgs[0],
+                      "/effect: invalid JSON at line 1, column 35: duplicate object key near "
+                      "'\"effect\"'");
   mg_policy_diag_clear(&d);
   expect_bad("{\"id\":\"g1\"} x", "");             /* trailing data */
   expect_bad("{\"id\":\"g1\"}{\"id\":\"g2\"}", ""); /* two documents */
-  expect_bad("{\"id\":\"a\xff\"}", "");            /* invalid UTF-8 */
-  expect_bad("{\"id\":\"\xed\xa0\x80\"}", "");     /* surrogate in UTF-8 */
-  expect_bad("{\"id\":\"a\\u0000b\"}", "");        /* NUL escape */
-  expect_bad(with("id", "123456789012345678901234567890"), ""); /* integer overflow */
-  expect_bad(with("id", "1e999"), "");                            /* real overflow */
+  expect_bad("{\"id\":\"a\xff\"}", "/id");           /* invalid UTF-8 */
+  expect_bad("{\"effect\":\"allow\",\"id\":\"\xed\xa0\x80\"}", "/id"); /* surrogate */
+  expect_bad("{\"id\":\"a\\u0000b\"}", "/id");      /* NUL escape */
+  expect_bad(with("id", "123456789012345678901234567890"), "/id"); /* integer overflow */
+  expect_bad(with("id", "1e999"), "/id");                            /* real overflow */
+  expect_bad(with("resources", "[\"a\", 1e999]"), "/resources/1");
   expect_bad("", "");
   expect_bad("{", "");
+  expect_bad("{\"id\" \"x\"}", "/id");
   expect_bad("\"just a string\"", "");
+  /* A broken key is quoted as valid UTF-8. */
+  const char *bk = "{\"i\xff\":1}";
+  assert_int_equal(mg_policy_grant_parse(bk, strlen(bk), "", &g, &d), MG_POLICY_E_INVALID);
+  assert_int_equal(d.n, 1);
+  assert_true(d.msgs[0][0] == '/');
+  for (const char *p = d.msgs[0]; *p; p++) assert_true((unsigned char)*p < 0x80);
+  mg_policy_diag_clear(&d);
+  /* Array of grants: the element index is part of the pointer. */
+  const char *arr = "[{\"id\":\"a\"},{\"id\":\"b\",\"subjects\":[\"user:x\",\"user:\xc3\"]}]";
+  struct mg_grant **gs;
+  size_t ng;
+  assert_int_equal(mg_policy_grants_parse(arr, strlen(arr), &gs, &ng, &d), MG_POLICY_E_INVALID);
+  assert_true(diag_has(&d, "/1/subjects/1"));
+  mg_policy_diag_clear(&d);
+  const char *arr2 = "[{\"id\":\"a\"},{\"id\":\"b\",\"id\":\"c\"}]";
+  assert_int_equal(mg_policy_grants_parse(arr2, strlen(arr2), &gs, &ng, &d), MG_POLICY_E_INVALID);
+  assert_true(diag_has(&d, "/1/id"));
+  mg_policy_diag_clear(&d);
+  /* With a prefix. */
+  assert_int_equal(mg_policy_grant_parse(dup, strlen(dup), "/4", &g, &d), MG_POLICY_E_INVALID);
+  assert_true(diag_has(&d, "/4/effect"));
+  mg_policy_diag_clear(&d);
   /* Deep nesting: far beyond jansson's bound is a syntax error... */
   size_t depth = 5000;
   char *deep = malloc(2 * depth + 1);
   memset(deep, '[', depth);
   memset(deep + depth, ']', depth);
   deep[2 * depth] = 0;
-  expect_bad(deep, "");
+  assert_int_equal(mg_policy_grant_parse(deep, strlen(deep), "", &g, &d), MG_POLICY_E_INVALID);
+  assert_int_equal(d.n, 1);
+  assert_true(strncmp(d.msgs[0], "/0/0/0/0/0/0/0/0/", 17) == 0);
+  assert_non_null(strstr(d.msgs[0], "depth"));
+  mg_policy_diag_clear(&d);
   free(deep);
   /* ...and any nesting a grant does not need is rejected at its exact pointer. */
   expect_bad(with("id", "[[[\"x\"]]]"), "/id");
