@@ -183,6 +183,25 @@ static void conn_kill(struct mg_conn *c) {
 
 static struct mg_config *conn_cfg(const struct mg_conn *c) { return c->cfg; }
 
+size_t mg_tp_body_buffer(const struct mg_config *cfg) {
+  size_t n = cfg->max_body_buffer ? cfg->max_body_buffer : 256 * 1024;
+  if (n < MG_TP_RING_MIN)
+    n = MG_TP_RING_MIN;
+  return MG_MIN(n, (size_t)0x7fffffff);
+}
+
+static int max_streams(const struct mg_config *cfg) {
+  return cfg->max_concurrent_streams > 0 ? cfg->max_concurrent_streams : 100;
+}
+
+static int max_header_bytes(const struct mg_config *cfg) {
+  return cfg->max_header_list_bytes > 0 ? cfg->max_header_list_bytes : 16384;
+}
+
+static int idle_s(const struct mg_config *cfg) {
+  return cfg->idle_timeout_s > 0 ? cfg->idle_timeout_s : 60;
+}
+
 /* ---- request lifetime ---- */
 
 static void req_timer_cb(evutil_socket_t fd, short what, void *arg);
@@ -217,7 +236,7 @@ static struct mg_req *req_new(struct mg_conn *c, int32_t sid) {
   r->info.peer = c->peer;
   r->info.spiffe = c->spiffe[0] ? c->spiffe : NULL;
   r->info.tls = c->tls;
-  r->reqbuf.max = r->respbuf.max = conn_cfg(c)->max_body_buffer;
+  r->reqbuf.max = r->respbuf.max = mg_tp_body_buffer(conn_cfg(c));
   r->last_progress_us = r->info.start_mono_us;
   evtimer_assign(&r->timer, w->base, req_timer_cb, r);
   r->next = c->reqs;
@@ -367,7 +386,7 @@ void mg_req_respond(struct mg_req *r, int status, const char *content_type, cons
   r->responded = true;
   r->out.status = status;
   if (r->timer_mode == MG_TIMER_RESPONSE || r->timer_mode == MG_TIMER_HEADERS)
-    req_timer(r, MG_TIMER_BODY, (int64_t)conn_cfg(c)->idle_timeout_s * 1000);
+    req_timer(r, MG_TIMER_BODY, (int64_t)idle_s(conn_cfg(c)) * 1000);
   mg_tp_conn_want_write(c);
 }
 
@@ -550,7 +569,7 @@ void mg_tp_req_up_headers(struct mg_req *r, int status, const struct mg_hdrs *h,
   }
   r->responded = true;
   r->out.status = status;
-  req_timer(r, MG_TIMER_BODY, (int64_t)conn_cfg(c)->idle_timeout_s * 1000);
+  req_timer(r, MG_TIMER_BODY, (int64_t)idle_s(conn_cfg(c)) * 1000);
   mg_tp_conn_want_write(c);
 }
 
@@ -598,7 +617,7 @@ void mg_tp_req_consumed_body(struct mg_req *r, size_t n) {
 static void req_timer_cb(evutil_socket_t fd, short what, void *arg) {
   struct mg_req *r = arg;
   struct mg_conn *c = r->conn;
-  int64_t idle_us = (int64_t)conn_cfg(c)->idle_timeout_s * 1000000;
+  int64_t idle_us = (int64_t)idle_s(conn_cfg(c)) * 1000000;
   switch (r->timer_mode) {
   case MG_TIMER_HEADERS:
     /* A header block that does not complete blocks the whole connection. */
@@ -612,13 +631,15 @@ static void req_timer_cb(evutil_socket_t fd, short what, void *arg) {
     }
     return;
   case MG_TIMER_BODY: {
-    /* Only a stall the client causes counts: it owes us body bytes, or does not read. */
+    /* Only a stall the client causes counts: we wait for body bytes it has room to send
+     * (nothing buffered), or it does not read what we have for it. A pipeline or upstream
+     * that is slow is not the client's fault (the response timeout covers the upstream). */
     int64_t idle = mg_mono_now_us() - r->last_progress_us;
-    bool client_owes = (!r->req_eof && !r->local) || r->respbuf.len > 0 ||
-                       (r->local && r->local_off < r->local_len);
+    bool client_owes = (!r->req_eof && !r->local && r->reqbuf.len == 0) ||
+                       r->respbuf.len > 0 || (r->local && r->local_off < r->local_len);
     if (client_owes && idle >= idle_us) {
       mg_info("conn %s stream %d: no body progress for %ds, reset", c->peer, r->stream_id,
-              conn_cfg(c)->idle_timeout_s);
+              idle_s(conn_cfg(c)));
       if (r->up_kind != MG_UP_NONE)
         mg_tp_up_cancel(r);
       req_rst(r, NGHTTP2_CANCEL);
@@ -639,7 +660,7 @@ static int on_begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void
   struct mg_req *r;
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
     return 0;
-  if (c->nstreams >= conn_cfg(c)->max_concurrent_streams) {
+  if (c->nstreams >= max_streams(conn_cfg(c))) {
     nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
                               NGHTTP2_REFUSED_STREAM);
     return 0;
@@ -661,7 +682,7 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *frame, const uint8
   struct mg_conn *c = ud;
   struct mg_req *r;
   const char *n = (const char *)name;
-  size_t limit = (size_t)conn_cfg(c)->max_header_list_bytes;
+  size_t limit = (size_t)max_header_bytes(conn_cfg(c));
   size_t sz = namelen + valuelen + 32;
   if (frame->hd.type != NGHTTP2_HEADERS)
     return 0;
@@ -724,7 +745,7 @@ static void req_dispatch(struct mg_req *r) {
                                 "list exceeds the limit\"}\n";
   static const char two_auth[] = "{\"error\":\"bad_request\",\"detail\":\"more than one "
                                  "authorization field\"}\n";
-  req_timer(r, MG_TIMER_BODY, (int64_t)conn_cfg(c)->idle_timeout_s * 1000);
+  req_timer(r, MG_TIMER_BODY, (int64_t)idle_s(conn_cfg(c)) * 1000);
   if (r->too_big) {
     mg_req_respond(r, 431, "application/json", too_big, sizeof too_big - 1, NULL, 0);
     return;
@@ -743,7 +764,7 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
   struct mg_req *r;
   if (!c->got_frame) {
     /* Preface done: from now on the connection timer measures idleness. */
-    struct timeval tv = {conn_cfg(c)->idle_timeout_s > 0 ? conn_cfg(c)->idle_timeout_s : 60, 0};
+    struct timeval tv = {idle_s(conn_cfg(c)), 0};
     c->got_frame = true;
     evtimer_add(&c->timer, &tv);
   }
@@ -909,13 +930,13 @@ static void conn_writecb(struct bufferevent *bev, void *arg) {
 
 static int session_start(struct mg_conn *c) {
   struct mg_config *cfg = conn_cfg(c);
-  uint32_t win = (uint32_t)MG_MIN(cfg->max_body_buffer, (size_t)0x7fffffff);
+  uint32_t win = (uint32_t)mg_tp_body_buffer(cfg);
   int32_t conn_win = (int32_t)MG_MIN((uint64_t)win * 4 < (1u << 20) ? (1u << 20)
                                                                      : (uint64_t)win * 4,
                                      (uint64_t)0x7fffffff);
   nghttp2_settings_entry iv[] = {
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)cfg->max_concurrent_streams},
-      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)cfg->max_header_list_bytes},
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, (uint32_t)max_streams(cfg)},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)max_header_bytes(cfg)},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, win},
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
   };
@@ -953,21 +974,21 @@ static void conn_eventcb(struct bufferevent *bev, short events, void *arg) {
 
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
   struct mg_conn *c = arg;
-  int idle_s = conn_cfg(c)->idle_timeout_s > 0 ? conn_cfg(c)->idle_timeout_s : 60;
+  int isec = idle_s(conn_cfg(c));
   int64_t idle = mg_mono_now_us() - c->last_activity_us;
-  struct timeval tv = {idle_s, 0};
+  struct timeval tv = {isec, 0};
   if (!c->got_frame) {
     mg_debug("conn %s: no preface in time, closing", c->peer);
     conn_kill(c);
     return;
   }
-  if (c->nstreams == 0 && idle >= (int64_t)idle_s * 1000000) {
+  if (c->nstreams == 0 && idle >= (int64_t)isec * 1000000) {
     nghttp2_session_terminate_session(c->sess, NGHTTP2_NO_ERROR);
     mg_tp_conn_want_write(c);
     return;
   }
   if (c->nstreams == 0)
-    tv.tv_sec = (time_t)((int64_t)idle_s - idle / 1000000);
+    tv.tv_sec = (time_t)((int64_t)isec - idle / 1000000);
   if (tv.tv_sec <= 0)
     tv.tv_sec = 1;
   evtimer_add(&c->timer, &tv);

@@ -125,6 +125,8 @@ struct mg_req {
   struct mg_req *qnext;         /* pool wait queue */
   struct mg_req *up_prev, *up_next; /* streams of one upstream h2 connection */
   bool queued;
+  int retries;                  /* upstream attempts repeated (refused / stale keep-alive) */
+  uint64_t body_sent;           /* request body bytes handed to the upstream */
   const nghttp2_nv *fwd_nv;     /* built by mg_req_forward, lives in the arena */
   size_t fwd_nnv;
 
@@ -252,6 +254,12 @@ void mg_tp_h1_cancel(struct mg_req *r);
 void mg_tp_h1_body_ready(struct mg_req *r);
 void mg_tp_h1_resp_consumed(struct mg_req *r);
 void mg_tp_h1_pool_free(struct mg_uppool *p);
+/* Config reload changed the upstream: stop reusing existing upstream connections (they
+ * finish what they carry and close); new requests get new connections. */
+void mg_tp_pool_retire(struct mg_uppool *p);
+void mg_tp_h1_pool_retire(struct mg_uppool *p);
+/* Body buffer size per stream and direction (cfg value, or the 256 KiB default). */
+size_t mg_tp_body_buffer(const struct mg_config *cfg);
 /* Resolves "host:port" / "unix:/path" (numeric host or a blocking lookup). */
 int mg_tp_resolve(const char *address, struct sockaddr_storage *ss, socklen_t *len);
 struct mg_config *mg_tp_pool_cfg(struct mg_uppool *p);

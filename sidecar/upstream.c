@@ -211,6 +211,7 @@ static int up_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t 
   if (frame->data.padlen > 1)
     evbuffer_add(out, zeros, frame->data.padlen - 1);
   mg_tp_ring_drop(&r->reqbuf, length);
+  r->body_sent += length;
   mg_tp_req_consumed_body(r, length);
   return 0;
 }
@@ -296,6 +297,17 @@ static int up_on_stream_close(nghttp2_session *s, int32_t sid, uint32_t error_co
   struct mg_upconn *uc = ud;
   struct mg_req *r = nghttp2_session_get_stream_user_data(s, sid);
   uc->nstreams--;
+  if (r && error_code == NGHTTP2_REFUSED_STREAM && !r->resp_final && r->body_sent == 0 &&
+      r->retries == 0) {
+    /* REFUSED_STREAM (or beyond a GOAWAY's last stream id): the upstream guarantees it
+     * did not process the request, so one more attempt elsewhere is safe. */
+    uc_detach(uc, r);
+    r->retries++;
+    r->req_up_done = false;
+    r->up_deferred = false;
+    mg_tp_up_start(r);
+    r = NULL;
+  }
   if (r) {
     bool complete = r->resp_eof;
     /* The ring's bytes were never consumed; the stream is gone, release the connection. */
@@ -468,7 +480,7 @@ static void uc_writecb(struct bufferevent *bev, void *arg) { uc_flush(arg); }
 
 static void uc_connected(struct mg_upconn *uc) {
   struct mg_config *cfg = uc->pool->w->cfg;
-  uint32_t win = (uint32_t)MG_MIN(cfg->max_body_buffer, (size_t)0x7fffffff);
+  uint32_t win = (uint32_t)mg_tp_body_buffer(cfg);
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, win},
@@ -586,6 +598,7 @@ void mg_tp_up_start(struct mg_req *r) {
     return;
   }
   r->up_kind = MG_UP_H2;
+  r->body_sent = 0;
   uc = pick_ready(p);
   /* Open another connection while under the pool size and the best one is busy. */
   if ((!uc || uc->nstreams > 0) && live_conns(p) < want) {
@@ -640,6 +653,24 @@ void mg_tp_up_resp_consumed(struct mg_req *r, size_t n) {
     nghttp2_session_consume(r->upc->sess, r->up_sid, n);
     uc_want_write(r->upc);
   }
+}
+
+void mg_tp_pool_retire(struct mg_uppool *p) {
+  for (struct mg_upconn *uc = p->conns; uc; uc = uc->next) {
+    if (uc->dead)
+      continue;
+    if (!uc->sess) { /* still connecting to the old address */
+      uc_kill(uc, "upstream changed by reload");
+      continue;
+    }
+    if (uc->state != UC_DRAINING) {
+      uc->state = UC_DRAINING;
+      /* A client's GOAWAY: no new streams; the session ends when its streams do. */
+      nghttp2_submit_goaway(uc->sess, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
+      uc_want_write(uc);
+    }
+  }
+  mg_tp_h1_pool_retire(p);
 }
 
 int mg_tp_pool_new(struct mg_worker *w, struct mg_uppool **out) {

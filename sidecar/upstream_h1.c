@@ -54,6 +54,9 @@ struct mg_h1conn {
   struct mg_req *r;
   bool connected, dead, idle, pending_ev;
   bool chunked_req, msg_complete, interim, in_value, too_big, bad;
+  bool retired;                 /* config reload changed the upstream: do not reuse */
+  bool got_bytes;               /* any response byte for the current request */
+  int nreqs;                    /* requests sent on this connection */
   struct mg_buf field, value;   /* header being parsed */
   struct event ev, timer;
 };
@@ -175,6 +178,7 @@ static void hc_pump(struct mg_h1conn *hc) {
     if (hc->chunked_req)
       evbuffer_add(out, "\r\n", 2);
     mg_tp_ring_drop(&r->reqbuf, n);
+    r->body_sent += n;
     mg_tp_req_consumed_body(r, n);
   }
   if (r->reqbuf.len == 0 && r->req_eof) {
@@ -208,7 +212,9 @@ static void hc_send(struct mg_h1conn *hc, struct mg_req *r) {
     }
   hc->r = r;
   r->h1 = hc;
+  hc->nreqs++;
   hc->msg_complete = hc->interim = hc->in_value = hc->too_big = hc->bad = false;
+  hc->got_bytes = false;
   mg_buf_reset(&hc->field);
   mg_buf_reset(&hc->value);
   http_parser_init(&hc->parser, HTTP_RESPONSE);
@@ -386,12 +392,13 @@ static const http_parser_settings psettings = {
 };
 
 static void hc_start_next(struct mg_h1pool *hp);
+static void h1_assign(struct mg_h1pool *hp, struct mg_req *r);
 
 /* Response done: keep the connection if it is clean, else close it. */
 static void hc_complete(struct mg_h1conn *hc) {
   struct mg_h1pool *hp = hc->hp;
   struct mg_req *r = hc->r;
-  bool reuse = http_should_keep_alive(&hc->parser) && r && r->req_up_done &&
+  bool reuse = !hc->retired && http_should_keep_alive(&hc->parser) && r && r->req_up_done &&
                evbuffer_get_length(bufferevent_get_input(hc->bev)) == 0;
   hc_release(hc, 0, NULL, NULL);
   if (!reuse) {
@@ -423,6 +430,8 @@ static void hc_process(struct mg_h1conn *hc) {
       hc_kill(hc); /* bytes on an idle connection: not a clean keep-alive */
     return;
   }
+  if (evbuffer_get_length(in))
+    hc->got_bytes = true;
   while (!hc->msg_complete && evbuffer_get_length(in)) {
     size_t room = r->respbuf.max - r->respbuf.len;
     struct evbuffer_iovec v;
@@ -495,6 +504,19 @@ static void hc_eventcb(struct bufferevent *bev, short events, void *arg) {
           return;
         }
       }
+    }
+    if (hc->r && hc->nreqs > 1 && !hc->got_bytes && hc->r->retries == 0 &&
+        !hc->r->req_body) {
+      /* A reused keep-alive connection the upstream had already closed: it never saw
+       * the request (no response byte, no body), so one retry on a fresh one is safe. */
+      struct mg_req *r = hc->r;
+      struct mg_h1pool *hp = hc->hp;
+      hc->r = NULL;
+      r->h1 = NULL;
+      r->retries++;
+      hc_kill(hc);
+      h1_assign(hp, r);
+      return;
     }
     snprintf(why, sizeof why, "%s: %s", mg_tp_pool_cfg(hc->hp->pool)->upstream.address,
              (events & BEV_EVENT_ERROR) && e ? evutil_socket_error_to_string(e)
@@ -642,6 +664,18 @@ void mg_tp_h1_resp_consumed(struct mg_req *r) {
   /* Ring space freed: parse more of what the upstream sent (outside nghttp2 callbacks). */
   if (r->h1)
     hc_schedule(r->h1);
+}
+
+void mg_tp_h1_pool_retire(struct mg_uppool *p) {
+  struct mg_h1pool *hp = *mg_tp_pool_h1_slot(p);
+  if (!hp)
+    return;
+  for (struct mg_h1conn *hc = hp->all; hc; hc = hc->next_all) {
+    hc->retired = true;
+    if (hc->idle || !hc->r)
+      hc_kill(hc);
+  }
+  hp->idle = NULL;
 }
 
 void mg_tp_h1_pool_free(struct mg_uppool *p) {

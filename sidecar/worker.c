@@ -360,6 +360,9 @@ static void reload_on_worker(void *arg) {
   SSL_CTX *oldctx = w->ssl_ctx;
   w->cfg = m->cfg;
   w->ssl_ctx = m->ctx;
+  if (old && w->pool && (strcmp(old->upstream.address, w->cfg->upstream.address) != 0 ||
+                         old->upstream.protocol != w->cfg->upstream.protocol))
+    mg_tp_pool_retire(w->pool);
   if (old)
     mg_config_unref(old);
   if (oldctx)

@@ -52,13 +52,14 @@ def read_port(proc, what, timeout=10):
 class Upstream:
     """upstream.py as a child process; .port, .log_path, .requests()."""
 
-    def __init__(self, tmp, http1=False, unix=None):
+    def __init__(self, tmp, http1=False, unix=None, extra=()):
         self.log_path = os.path.join(str(tmp), "upstream-%d.jsonl" % id(self))
         args = [PY, os.path.join(HERE, "upstream.py"), "--port", "0", "--log", self.log_path]
         if http1:
             args.append("--http1")
         if unix:
             args += ["--unix", unix]
+        args += list(extra)
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.port = read_port(self.proc, "upstream.py")
         self.address = ("unix:" + unix) if unix else "127.0.0.1:%d" % self.port

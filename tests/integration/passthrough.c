@@ -13,7 +13,8 @@
  *                           x-mesh-principal: passthrough
  * Prints "PORT <n>" on stdout once listening. SIGTERM/SIGINT: mg_server_stop(grace) and
  * exit 0 (prints "closed <n>" with the number of on_close calls to stderr). SIGHUP:
- * mg_server_reload with a fresh config built from the same arguments.
+ * mg_server_reload with a fresh config built from the same arguments (and the upstream
+ * address re-read from --upstream-file, when given).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -36,6 +37,7 @@ void mg_config_ref(struct mg_config *c) {
 void mg_config_unref(struct mg_config *c) {
   if (__atomic_sub_fetch(&c->refcnt, 1, __ATOMIC_ACQ_REL) == 0) {
     free(c->listen_tls);
+    free(c->upstream.address);
     free(c);
   }
 }
@@ -135,13 +137,25 @@ void mg_pipeline_on_close(struct mg_req *req, const struct mg_req_outcome *o) {
 
 struct args {
   const char *listen, *upstream, *protocol, *cert, *key, *ca, *client_cert;
+  const char *upstream_file; /* re-read on SIGHUP: the upstream address */
+  char upstream_buf[512];
   int workers, max_streams, max_header, idle, failed, resp_ms, conn_ms, grace, conns;
   long body_buf;
   bool forward_token;
 };
 
-static struct mg_config *make_config(const struct args *a) {
+static struct mg_config *make_config(struct args *a) {
   struct mg_config *c = calloc(1, sizeof *c);
+  if (a->upstream_file) {
+    FILE *f = fopen(a->upstream_file, "r");
+    if (f) {
+      if (fgets(a->upstream_buf, sizeof a->upstream_buf, f)) {
+        a->upstream_buf[strcspn(a->upstream_buf, "\r\n")] = 0;
+        a->upstream = a->upstream_buf;
+      }
+      fclose(f);
+    }
+  }
   c->refcnt = 1;
   c->workers = a->workers;
   c->listen_address = (char *)a->listen;
@@ -155,7 +169,7 @@ static struct mg_config *make_config(const struct args *a) {
                                      ? MG_CLIENT_CERT_REQUIRED
                                      : MG_CLIENT_CERT_OPTIONAL;
   }
-  c->upstream.address = (char *)a->upstream;
+  c->upstream.address = strdup(a->upstream); /* a->upstream_buf changes on reload */
   c->upstream.protocol =
       a->protocol && !strcmp(a->protocol, "http1") ? MG_UPSTREAM_HTTP1 : MG_UPSTREAM_H2C;
   c->upstream.forward_token = a->forward_token;
@@ -184,7 +198,8 @@ int main(int argc, char **argv) {
       {"max-header-bytes", 1, 0, 'H'}, {"idle-timeout", 1, 0, 'i'},
       {"failed-verifies", 1, 0, 'f'}, {"response-timeout-ms", 1, 0, 'r'},
       {"connect-timeout-ms", 1, 0, 't'}, {"grace", 1, 0, 'g'}, {"connections", 1, 0, 'n'},
-      {"max-body-buffer", 1, 0, 'b'}, {"forward-token", 0, 0, 'F'}, {0, 0, 0, 0}};
+      {"max-body-buffer", 1, 0, 'b'}, {"forward-token", 0, 0, 'F'},
+      {"upstream-file", 1, 0, 'U'}, {0, 0, 0, 0}};
   int ch;
   struct mg_config *cfg;
   struct mg_server *srv;
@@ -212,6 +227,7 @@ int main(int argc, char **argv) {
     case 'n': a.conns = atoi(optarg); break;
     case 'b': a.body_buf = atol(optarg); break;
     case 'F': a.forward_token = true; break;
+    case 'U': a.upstream_file = optarg; break;
     default:
       fprintf(stderr, "usage: passthrough [--listen ip:port] [--upstream addr] ...\n");
       return 2;

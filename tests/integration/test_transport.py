@@ -523,3 +523,56 @@ def test_h2c_requires_prior_knowledge(passthrough_bin, upstream, proxies):
     r = curl("--http1.1", p.url + "/datasets/x")
     assert r.returncode != 0 or not r.stdout.startswith(b"{")
     assert upstream.last("/datasets/x") is None
+
+
+def test_sighup_new_upstream_applies_to_new_requests(passthrough_bin, proxies, tmp_path):
+    a = Upstream(tmp_path / "..", extra=())
+    b = Upstream(tmp_path / "..", extra=())
+    try:
+        f = tmp_path / "upstream.addr"
+        f.write_text(a.address)
+        p = proxies(passthrough_bin, "unused", "--upstream-file", str(f))
+        c = H2Client(p.port)
+        assert c.get("/datasets/one")["status"] == 200
+        f.write_text(b.address)
+        p.signal(signal.SIGHUP)
+        time.sleep(0.3)
+        # same downstream connection, next request: the new upstream
+        assert c.get("/datasets/two")["status"] == 200
+        c.close()
+        assert a.last("/datasets/one") and not a.last("/datasets/two")
+        assert b.last("/datasets/two")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_http1_keepalive_reuse_and_stale_retry(passthrough_bin, proxies, tmp_path):
+    u = Upstream(tmp_path, http1=True, extra=("--idle-close-ms", "300"))
+    try:
+        p = proxies(passthrough_bin, u.address, "--protocol", "http1", "--workers", "1")
+        c = H2Client(p.port)
+        for i in range(5):
+            assert c.get("/datasets/k%d" % i)["status"] == 200
+        time.sleep(0.6)  # the upstream closes the idle keep-alive connection
+        assert c.get("/datasets/after-idle")["status"] == 200
+        c.close()
+    finally:
+        u.stop()
+
+
+def test_http1_stale_keepalive_retried_once(passthrough_bin, proxies, tmp_path):
+    u = Upstream(tmp_path, http1=True, extra=("--drop-reused",))
+    try:
+        p = proxies(passthrough_bin, u.address, "--protocol", "http1", "--workers", "1")
+        c = H2Client(p.port)
+        assert c.get("/datasets/first")["status"] == 200
+        # rides the kept-alive connection, which dies unanswered -> one retry, fresh one
+        assert c.get("/datasets/second")["status"] == 200
+        assert len([x for x in u.requests() if x["path"] == "/datasets/second"]) == 2
+        # a body-carrying request is never replayed: 502 instead
+        st = c.get("/upload", body=b"x" * 10)
+        assert st["status"] == 502
+        c.close()
+    finally:
+        u.stop()

@@ -2,7 +2,8 @@
 """upstream.py — the test "product service" behind meshgate (h2c or HTTP/1.1).
 
 Run:   /usr/bin/python3 upstream.py [--port 0] [--host 127.0.0.1] [--unix PATH]
-                                    [--http1] [--log FILE.jsonl]
+                                    [--http1 [--idle-close-ms N] [--drop-reused]]
+                                    [--log FILE.jsonl]
 Prints "PORT <n>" (or "UNIX <path>") on stdout once listening, then serves until
 SIGTERM/SIGINT. h2c mode speaks HTTP/2 with prior knowledge only (python3-h2, asyncio);
 --http1 speaks HTTP/1.1 with keep-alive (hand-written parser, strict framing).
@@ -361,11 +362,19 @@ async def read_body(reader, fields, sink):
     return n, []
 
 
-async def h1_client(reader, writer, log):
+async def h1_client(reader, writer, log, idle_close_ms=0, drop_reused=False):
+    nreq = 0
     try:
         while True:
             try:
-                reqline = await reader.readuntil(b"\r\n")
+                if idle_close_ms:
+                    reqline = await asyncio.wait_for(reader.readuntil(b"\r\n"),
+                                                     idle_close_ms / 1000)
+                else:
+                    reqline = await reader.readuntil(b"\r\n")
+            except asyncio.TimeoutError:
+                writer.close()  # keep-alive timeout, silently, like real servers
+                return
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             parts = reqline[:-2].decode("latin-1").split(" ")
@@ -374,6 +383,10 @@ async def h1_client(reader, writer, log):
             method, target, _ = parts
             fields = parse_fields(await read_headers(reader))
             log.write({"proto": "http1", "method": method, "path": target, "headers": fields})
+            nreq += 1
+            if drop_reused and nreq > 1:
+                writer.close()  # a keep-alive race: the request dies unanswered
+                return
             hosts = [v for k, v in fields if k == "host"]
             if len(hosts) != 1:
                 raise BadRequest("need exactly one host")
@@ -483,12 +496,16 @@ async def main():
     ap.add_argument("--unix")
     ap.add_argument("--http1", action="store_true")
     ap.add_argument("--log")
+    ap.add_argument("--idle-close-ms", type=int, default=0,
+                    help="http1: close keep-alive connections idle this long")
+    ap.add_argument("--drop-reused", action="store_true",
+                    help="http1: close a connection, unanswered, at its second request")
     a = ap.parse_args()
     log = Log(a.log)
     loop = asyncio.get_running_loop()
     if a.http1:
         def factory(r, w):
-            return h1_client(r, w, log)
+            return h1_client(r, w, log, a.idle_close_ms, a.drop_reused)
         if a.unix:
             server = await asyncio.start_unix_server(factory, path=a.unix, limit=1 << 20)
         else:
