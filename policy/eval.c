@@ -177,10 +177,10 @@ static void walk_principals(const struct mg_policy_index *ix, const struct mg_ix
       if (!sl->cnt) break;
       if (sl->h == h[i] && sl->klen == len[i]) {
         slot[i] = sl;
+        /* The key and the list after it: a grant block is ~3-4 cache lines. */
         const char *key = ix->arena + sl->off - ALIGN8(len[i] + 1);
-        __builtin_prefetch(key);
-        __builtin_prefetch(key + 64);
-        __builtin_prefetch(key + 128);
+        size_t lines = MG_MIN(2 + 4 * (size_t)sl->cnt, 24);
+        for (size_t l = 0; l < lines; l++) __builtin_prefetch(key + 64 * l);
         break;
       }
     }
