@@ -9,6 +9,7 @@
  * whose own cost, ~20 ns, is included), and median / p99 / max are reported.
  *
  * Usage: policy_bench [decisions per size, default 1000000] [sizes…]
+ * (KEEP=1 keeps the generated stores in /tmp and prints their paths.)
  */
 #include <stdio.h>
 #include <stdlib.h>
