@@ -99,6 +99,11 @@ class Procs:
         return p
 
     def stop(self, p, grace=5.0):
+        if p.poll() is not None:
+            # reaped already: its id may belong to someone else by now, signal nothing
+            if p in self.procs:
+                self.procs.remove(p)
+            return
         if p.poll() is None:
             try:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -638,7 +643,9 @@ def summarize(c, size):
             "p99_ms": med([r["p99_ms"] for r in rs]),
             "cpu_s_per_1k": med([r["cpu_s_per_1k"] for r in rs]),
             "upstream_cpu_s_per_1k": med([r["upstream_cpu_s_per_1k"] for r in rs]),
-            "peak_rss_mb": max(r["vmhwm_mb"] for r in rs)}
+            "peak_rss_mb": max(r["vmhwm_mb"] for r in rs),
+            "rps_spread_pct": (max(r["rps"] for r in rs) - min(r["rps"] for r in rs))
+            / med([r["rps"] for r in rs]) * 100}
 
 
 def summarize_fixed(c):
@@ -721,14 +728,15 @@ def table_rows(res, contenders, size):
     for c in contenders:
         s = res["sizes"][size][c.name]
         if s["ok"]:
-            rows.append([c.name, f"{s['rps']:.0f}", fmt(s["p50_ms"], 3), fmt(s["p99_ms"], 3),
+            rows.append([c.name, f"{s['rps']:.0f}", f"{s['rps_spread_pct']:.0f}%",
+                         fmt(s["p50_ms"], 3), fmt(s["p99_ms"], 3),
                          fmt(s["cpu_s_per_1k"], 4), f"{s['peak_rss_mb']:.1f}"])
         else:
             rows.append([c.name, "unavailable: " + s["reason"]])
     return rows
 
 
-HEAD = ["contender", "req/s", "p50 ms", "p99 ms", "CPU-s/1k", "peak RSS MB"]
+HEAD = ["contender", "req/s", "spread", "p50 ms", "p99 ms", "CPU-s/1k", "peak RSS MB"]
 
 
 def text_table(rows):
@@ -748,10 +756,11 @@ def render(bench, contenders, res, fsync, meta):
     a = bench.args
     L = []
     L.append(f"meshgate benchmark  {meta['date']}  {meta['mode']}  workers={a.workers}  "
-             f"runs={a.runs}  cores={os.cpu_count()}")
+             f"runs={a.runs}  cores={os.cpu_count()}  load average before: {meta['loadavg_start']}")
     shape = (f"-n {a.requests}" if a.quick else f"-D {a.duration}s")
     L.append(f"closed loop: h2load -t 1 -c {a.conns} -m {a.streams} {shape} "
              f"({a.conns * a.streams} concurrent streams); medians of {a.runs} run(s); "
+             f"spread = (max-min)/median of req/s over the runs; "
              f"CPU and RSS are the measured process's (the upstream's own for 'upstream')")
     for size, n in SIZES.items():
         L.append("")
@@ -900,9 +909,11 @@ def main(argv):
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
     bench = Bench(args)
     t_start = time.monotonic()
+    loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     try:
         bench.setup_common()
         if args.soak:
@@ -917,7 +928,7 @@ def main(argv):
                 "mode": "quick" if args.quick else "full", "commit": git_commit(),
                 "host": platform.node(), "kernel": platform.release(), "cores": os.cpu_count(),
                 "meshgate": args.meshgate, "meshgate_version": bench.meshgate_version,
-                "tmpdir": args.tmpdir, "elapsed_s": None}
+                "tmpdir": args.tmpdir, "loadavg_start": loadavg, "elapsed_s": None}
         res = build_report(bench, contenders, fsync)
         meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
         lines = render(bench, contenders, res, fsync, meta)
