@@ -15,9 +15,9 @@
 
 #include <string.h>
 
-static bool seg_eq(const struct mg_ix_seg *p, const char *s, size_t n) {
+static bool seg_eq(const char *base, const struct mg_ix_seg *p, const char *s, size_t n) {
   if (p->kind == MG_IX_STAR) return n > 0;
-  return p->len == n && memcmp(p->s, s, n) == 0;
+  return p->len == n && memcmp(base + p->off, s, n) == 0;
 }
 
 /* End of the resource segment starting at pos. */
@@ -26,8 +26,10 @@ static size_t seg_end(const char *r, size_t rl, size_t pos) {
   return e ? (size_t)(e - r) : rl;
 }
 
-static bool pat_match(const struct mg_ix_pat *pat, const char *r, size_t rl) {
-  const struct mg_ix_seg *p = pat->segs;
+static bool pat_match(const struct mg_ix_grant *g, const struct mg_ix_pat *pat, const char *r,
+                      size_t rl) {
+  const char *base = (const char *)g;
+  const struct mg_ix_seg *p = mg_ix_segs(g) + pat->first;
   uint32_t np = pat->nseg, pi = 0;
   size_t pos = 0;
   bool done = rl == 0; /* "" has no segments; "a/" has two, the second empty */
@@ -44,7 +46,7 @@ static bool pat_match(const struct mg_ix_pat *pat, const char *r, size_t rl) {
       continue;
     }
     size_t end = seg_end(r, rl, pos);
-    if (pi < np && seg_eq(&p[pi], r + pos, end - pos)) {
+    if (pi < np && seg_eq(base, &p[pi], r + pos, end - pos)) {
       pi++;
       if (end == rl) done = true;
       else pos = end + 1;
@@ -63,9 +65,9 @@ static bool pat_match(const struct mg_ix_pat *pat, const char *r, size_t rl) {
   return pi == np;
 }
 
-static bool has_purpose(const struct mg_ix_grant *g, const char *purpose) {
-  for (uint16_t i = 0; i < g->npurposes; i++)
-    if (strcmp(g->purposes[i], purpose) == 0) return true;
+static bool has_purpose(const struct mg_grant *gr, const char *purpose) {
+  for (size_t i = 0; i < gr->npurposes; i++)
+    if (strcmp(gr->purposes[i], purpose) == 0) return true;
   return false;
 }
 
@@ -74,6 +76,7 @@ struct state {
   const char **ids;
   size_t max, n;
   const struct mg_policy_request *rq;
+  const struct mg_policy_index *ix;
   size_t cur; /* index of the principal whose list is walked; nprincipals = "*" */
 };
 
@@ -89,15 +92,16 @@ static bool seen_before(const struct state *st, const struct mg_ix_grant *g) {
   for (size_t j = 0; j < st->cur; j++) {
     const char *p = st->rq->principals[j];
     if (!p || (p[0] == '*' && !p[1])) continue;
-    for (uint16_t k = 0; k < g->nsubjects; k++)
-      if (strcmp(g->subjects[k], p) == 0) return true;
+    const struct mg_grant *gr = st->ix->grants[g->rank];
+    for (size_t k = 0; k < gr->nsubjects; k++)
+      if (strcmp(gr->subjects[k], p) == 0) return true;
   }
   return false;
 }
 
 static void record(struct state *st, const struct mg_ix_grant *g) {
   if (!st->ids || seen_before(st, g)) return;
-  if (st->n < st->max) st->ids[st->n] = g->id;
+  if (st->n < st->max) st->ids[st->n] = st->ix->grants[g->rank]->id;
   st->n++;
 }
 
@@ -113,14 +117,15 @@ static void consider(struct state *st, const struct mg_ix_grant *g,
   STAT(mg_policy_stat_considered);
   if (!(g->actions & rq->action)) return;
   bool hit = false;
+  const struct mg_ix_pat *pats = mg_ix_pats(g);
   for (uint16_t i = 0; i < g->npats && !hit; i++)
-    hit = pat_match(&g->pats[i], rq->resource, rq->resource_len);
+    hit = pat_match(g, &pats[i], rq->resource, rq->resource_len);
   if (!hit) return;
   bool in_window = (g->not_before_us == MG_POLICY_NO_TIME || rq->now_us >= g->not_before_us) &&
                    (g->expires_us == MG_POLICY_NO_TIME || rq->now_us < g->expires_us);
   if (g->effect == MG_POLICY_DENY) {
     if (!in_window) return;
-    if (g->npurposes && rq->purpose && !has_purpose(g, rq->purpose)) return;
+    if (g->npurposes && rq->purpose && !has_purpose(st->ix->grants[g->rank], rq->purpose)) return;
     keep_min(&st->deny, g);
     record(st, g);
     return;
@@ -129,7 +134,7 @@ static void consider(struct state *st, const struct mg_ix_grant *g,
     keep_min(&st->expired, g);
     return;
   }
-  if (g->npurposes && (!rq->purpose || !has_purpose(g, rq->purpose))) {
+  if (g->npurposes && (!rq->purpose || !has_purpose(st->ix->grants[g->rank], rq->purpose))) {
     keep_min(&st->purpose, g);
     return;
   }
@@ -216,7 +221,8 @@ static void walk(const struct mg_policy_index *ix, const struct mg_policy_reques
   walk_list(st, ix->arena + pr->star_off, pr->star_cnt, rq);
 }
 
-static void conclude(const struct state *st, struct mg_policy_decision *out) {
+static void conclude(const struct mg_policy_index *ix, const struct state *st,
+                     struct mg_policy_decision *out) {
   const struct mg_ix_grant *g = NULL;
   out->allow = false;
   if (st->deny) {
@@ -235,21 +241,21 @@ static void conclude(const struct state *st, struct mg_policy_decision *out) {
   } else {
     out->reason = MG_POLICY_REASON_NO_GRANT;
   }
-  out->grant_id = g ? g->id : NULL;
+  out->grant_id = g ? ix->grants[g->rank]->id : NULL;
 }
 
 void mg_policy_decide(const struct mg_policy_index *ix, const struct mg_policy_request *rq,
                       struct mg_policy_decision *out) {
-  struct state st = {0};
+  struct state st = {.ix = ix};
   if (ix) walk(ix, rq, &st);
-  conclude(&st, out);
+  conclude(ix, &st, out);
 }
 
 size_t mg_policy_explain(const struct mg_policy_index *ix, const struct mg_policy_request *rq,
                          struct mg_policy_decision *out, const char **ids, size_t max) {
   static const char *dummy[1];
-  struct state st = {.ids = ids ? ids : dummy, .max = ids ? max : 0};
+  struct state st = {.ids = ids ? ids : dummy, .max = ids ? max : 0, .ix = ix};
   if (ix) walk(ix, rq, &st);
-  conclude(&st, out);
+  conclude(ix, &st, out);
   return st.n;
 }

@@ -100,11 +100,6 @@ static size_t block_size(const struct mg_grant *gr) {
 /* Writes grant gr (rank = its position in id order) as a block at dst. */
 static void emit_grant(char *dst, const struct mg_grant *gr, uint32_t rank) {
   struct mg_ix_grant *g = (struct mg_ix_grant *)dst;
-  struct mg_ix_pat *pat = (struct mg_ix_pat *)(g + 1);
-  struct mg_ix_seg *seg = (struct mg_ix_seg *)(pat + gr->nresources);
-  size_t nseg_all = 0;
-  for (size_t r = 0; r < gr->nresources; r++) nseg_all += seg_count(gr->resources[r]);
-  char *chars = (char *)(seg + nseg_all);
   *g = (struct mg_ix_grant){
       .size = (uint32_t)block_size(gr),
       .rank = rank,
@@ -112,28 +107,28 @@ static void emit_grant(char *dst, const struct mg_grant *gr, uint32_t rank) {
       .actions = (uint8_t)gr->actions,
       .npurposes = (uint16_t)gr->npurposes,
       .npats = (uint16_t)gr->nresources,
-      .nsubjects = (uint16_t)gr->nsubjects,
-      .id = gr->id,
       .not_before_us = gr->not_before_us,
       .expires_us = gr->expires_us,
-      .pats = pat,
-      .purposes = gr->purposes,
-      .subjects = gr->subjects,
   };
+  struct mg_ix_pat *pat = (struct mg_ix_pat *)(g + 1);
+  struct mg_ix_seg *seg0 = (struct mg_ix_seg *)(pat + gr->nresources), *seg = seg0;
+  size_t nseg_all = 0;
+  for (size_t r = 0; r < gr->nresources; r++) nseg_all += seg_count(gr->resources[r]);
+  char *chars = (char *)(seg0 + nseg_all);
   for (size_t r = 0; r < gr->nresources; r++, pat++) {
     const char *s = gr->resources[r];
-    pat->segs = seg;
+    pat->first = (uint32_t)(seg - seg0);
     pat->nseg = 0;
     for (;;) {
       const char *e = strchr(s, '/');
       size_t len = e ? (size_t)(e - s) : strlen(s);
-      uint32_t kind = len == 1 && s[0] == '*'                  ? MG_IX_STAR
+      uint16_t kind = len == 1 && s[0] == '*'                  ? MG_IX_STAR
                       : len == 2 && s[0] == '*' && s[1] == '*' ? MG_IX_DSTAR
                                                                : MG_IX_LIT;
       /* Consecutive "**" segments mean the same as one and only cost backtracking. */
       if (!(kind == MG_IX_DSTAR && pat->nseg && seg[-1].kind == MG_IX_DSTAR)) {
         memcpy(chars, s, len);
-        *seg++ = (struct mg_ix_seg){chars, (uint32_t)len, kind};
+        *seg++ = (struct mg_ix_seg){(uint32_t)(chars - dst), (uint16_t)len, kind};
         chars += len;
         pat->nseg++;
       }
