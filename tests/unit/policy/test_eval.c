@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <pthread.h>
 
 #include "policy/policy.h"
 
@@ -418,11 +419,55 @@ static void test_index_meta_and_refs(void **st) {
   free(d2);
 }
 
+struct worker {
+  struct mg_policy_index *ix;
+  int wrong;
+};
+
+/* Decides the whole table over and over on an index it holds a reference on. */
+static void *decide_worker(void *arg) {
+  struct worker *w = arg;
+  for (int round = 0; round < 200; round++) {
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+      const struct tcase *c = &cases[i];
+      char buf[512];
+      const char *pr[8];
+      int64_t now;
+      const char *ts = c->now ? c->now : NOW;
+      mg_time_parse_rfc3339(ts, strlen(ts), &now);
+      struct mg_policy_request rq = {pr, split(c->principals, buf, sizeof buf, pr, 8),
+                                     c->product, c->resource, strlen(c->resource), c->action,
+                                     c->purpose, now};
+      struct mg_policy_decision d;
+      mg_policy_decide(w->ix, &rq, &d);
+      if (d.allow != (c->allow == ALLOW) || (int)d.reason != c->reason) w->wrong++;
+    }
+  }
+  mg_policy_index_unref(w->ix);
+  return NULL;
+}
+
+static void test_threads(void **st) {
+  (void)st;
+  pthread_t th[4];
+  struct worker w[4];
+  for (int i = 0; i < 4; i++) {
+    mg_policy_index_ref(ix);
+    w[i] = (struct worker){ix, 0};
+    assert_int_equal(pthread_create(&th[i], NULL, decide_worker, &w[i]), 0);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    assert_int_equal(w[i].wrong, 0);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_table),
       cmocka_unit_test(test_explain),
       cmocka_unit_test(test_pathological_pattern),
+      cmocka_unit_test(test_threads),
       cmocka_unit_test(test_index_meta_and_refs),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
