@@ -754,6 +754,13 @@ static void req_dispatch(struct mg_req *r) {
     mg_req_respond(r, 400, "application/json", two_auth, sizeof two_auth - 1, NULL, 0);
     return;
   }
+  if (!r->info.method || !r->info.path) {
+    /* CONNECT (no :path) is not proxied; the pipeline always gets a method and path. */
+    static const char no_connect[] = "{\"error\":\"method_not_allowed\",\"detail\":"
+                                     "\"CONNECT is not supported\"}\n";
+    mg_req_respond(r, 405, "application/json", no_connect, sizeof no_connect - 1, NULL, 0);
+    return;
+  }
   r->dispatched = true;
   atomic_fetch_add_explicit(&c->w->srv->requests_total, 1, memory_order_relaxed);
   mg_pipeline_on_request(r);

@@ -206,6 +206,10 @@ static void worker_free(struct mg_worker *w) {
   struct mg_post *p;
   while (w->conns)
     mg_tp_conn_destroy(w->conns);
+  /* Posts that arrived after the loop stopped still run (exactly once, here): their
+   * requests are gone, so mg_worker_find_req() returns NULL and they only clean up. */
+  if (w->post_ev)
+    post_drain(-1, 0, w);
   if (w->pool)
     mg_tp_pool_free(w->pool);
   if (w->listener)

@@ -576,3 +576,20 @@ def test_http1_stale_keepalive_retried_once(passthrough_bin, proxies, tmp_path):
         c.close()
     finally:
         u.stop()
+
+
+def test_tls_sighup_reload(passthrough_bin, upstream, proxies, pki):
+    p = proxies(passthrough_bin, upstream.address, "--tls-cert", pki + "/server.pem",
+                "--tls-key", pki + "/server.key", "--tls-ca", pki + "/ca.pem")
+    ctx = ssl.create_default_context(cafile=pki + "/ca.pem")
+    ctx.set_alpn_protocols(["h2"])
+    c = H2Client(p.port, tls=ctx)
+    assert c.get("/datasets/tls-before")["status"] == 200
+    p.signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert c.get("/datasets/tls-after")["status"] == 200  # open connection kept
+    c.close()
+    r = curl("--cacert", pki + "/ca.pem", "https://localhost:%d/datasets/tls-new" % p.port,
+             check=True)
+    assert json.loads(r.stdout)["path"] == "/datasets/tls-new"
+    assert "reloaded" in p.stderr()
