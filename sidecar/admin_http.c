@@ -373,6 +373,7 @@ static void h1_stream_end(struct conn *c, bool ok) {
     return;
   }
   mg_admin_h1_next(&c->h1);
+  c->continue_sent = false;
   arm_timer(c, IDLE_TIMEOUT_S);
   bufferevent_enable(c->bev, EV_READ);
   h1_process(c);
