@@ -290,6 +290,7 @@ static void req_finish(struct mg_req *r, uint32_t error_code) {
   if (r->next)
     r->next->prev = r->prev;
   c->nstreams--;
+  c->last_activity_us = mg_mono_now_us();
   atomic_fetch_sub_explicit(&w->srv->streams_active, 1, memory_order_relaxed);
   mg_tp_ring_free(&r->reqbuf);
   mg_tp_ring_free(&r->respbuf);
@@ -777,6 +778,8 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
   }
   switch (frame->hd.type) {
   case NGHTTP2_HEADERS:
+    /* Only requests count as activity: PINGs or SETTINGS do not keep a connection open. */
+    c->last_activity_us = mg_mono_now_us();
     r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
     if (!r)
       return 0;
@@ -911,7 +914,6 @@ static void conn_readcb(struct bufferevent *bev, void *arg) {
   int nv;
   if (c->dead || !c->sess)
     return;
-  c->last_activity_us = mg_mono_now_us();
   while ((nv = evbuffer_peek(in, -1, NULL, v, 16)) > 0) {
     size_t total = 0;
     for (int i = 0; i < nv && i < 16; i++) {

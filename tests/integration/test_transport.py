@@ -593,3 +593,36 @@ def test_tls_sighup_reload(passthrough_bin, upstream, proxies, pki):
              check=True)
     assert json.loads(r.stdout)["path"] == "/datasets/tls-new"
     assert "reloaded" in p.stderr()
+
+
+def test_idle_timeout_ignores_pings(passthrough_bin, upstream, proxies):
+    p = proxies(passthrough_bin, upstream.address, "--idle-timeout", "1")
+    c = H2Client(p.port)
+    assert c.get("/datasets/x")["status"] == 200
+    deadline = time.time() + 4
+    while time.time() < deadline and not (c.closed or c.goaway):
+        c.conn.ping(b"12345678")
+        c.flush()
+        c.pump(lambda: c.closed or c.goaway is not None, 0.2)
+    assert c.closed or c.goaway is not None
+
+
+def test_slowloris_header_timeout(passthrough_bin, upstream, proxies):
+    import struct
+    p = proxies(passthrough_bin, upstream.address)
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=15)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">I", 0)[1:] + b"\x04\x00" +
+              b"\x00\x00\x00\x00")
+    # HEADERS on stream 1 without END_HEADERS, then nothing: the block never completes
+    block = b"\x82\x86\x84"  # :method GET, :scheme http, :path /
+    s.sendall(struct.pack(">I", len(block))[1:] + b"\x01\x00" + struct.pack(">I", 1) + block)
+    t = time.time()
+    s.settimeout(15)
+    try:
+        while s.recv(65536):
+            pass
+    except (ConnectionError, socket.timeout):
+        pass
+    took = time.time() - t
+    assert 8 < took < 13  # closed by the 10 s header timeout
+    s.close()
