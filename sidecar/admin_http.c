@@ -256,6 +256,7 @@ struct conn {
   nghttp2_session *h2;
   struct h2s *streams;
   size_t nstreams;
+  int64_t last_out_us;   /* last time the output drained (progress of responses) */
 };
 
 static void conn_free(struct conn *c);
@@ -814,6 +815,7 @@ static void on_read(struct bufferevent *bev, void *arg) {
 
 static void on_write(struct bufferevent *bev, void *arg) {
   struct conn *c = arg;
+  c->last_out_us = mg_mono_now_us();
   if (c->closing) {
     if (!c->lingering && evbuffer_get_length(bufferevent_get_output(bev)) == 0) linger(c);
     return;
@@ -861,7 +863,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     return;
   }
   if (c->proto == P_H2) {
-    if (c->nstreams > 0) {
+    /* open streams keep a connection only while their output moves: a client that holds
+     * its flow-control window shut and sends nothing would otherwise pin an export thread */
+    if (c->nstreams > 0 && mg_mono_now_us() - c->last_out_us < IDLE_TIMEOUT_S * 1000000LL) {
       arm_timer(c, IDLE_TIMEOUT_S);
       return;
     }
