@@ -358,7 +358,12 @@ def _threads(pid):
 
 @pytest.mark.skipif(not shutil.which("h2load"), reason="h2load not installed")
 def test_export_client_gone_stops_export_thread(env):
-    # grow the log well beyond pipe and socket buffers (each request: access + outcome entry)
+    r = call(env, "PUT", "/v1/grants/load", token=env.admin,
+             body=grant("load", resources=["datasets/orders_fact/load"]),
+             headers={"If-None-Match": "*"})
+    assert r.status == 201, r
+    # grow the log well beyond pipe and socket buffers (each allowed request: access +
+    # outcome entry)
     subprocess.run(["h2load", "-n", "20000", "-c", "4", "-m", "16",
                     "-H", "authorization: Bearer " + env.analyst,
                     env.mg.data_url + "/datasets/orders_fact/load"],
