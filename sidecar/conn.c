@@ -386,7 +386,7 @@ void mg_req_respond(struct mg_req *r, int status, const char *content_type, cons
   }
   r->responded = true;
   r->out.status = status;
-  if (r->timer_mode == MG_TIMER_RESPONSE || r->timer_mode == MG_TIMER_HEADERS)
+  if (r->timer_mode == MG_TIMER_HEADERS)
     req_timer(r, MG_TIMER_BODY, (int64_t)idle_s(conn_cfg(c)) * 1000);
   mg_tp_conn_want_write(c);
 }
@@ -472,9 +472,12 @@ int mg_req_forward(struct mg_req *r, const char *path, size_t path_len, const ng
   r->fwd_nv = nv;
   r->fwd_nnv = n;
   r->forwarded = true;
-  req_timer(r, MG_TIMER_RESPONSE,
-            wcfg->upstream.response_timeout_ms > 0 ? wcfg->upstream.response_timeout_ms
-                                                   : 30000);
+  r->resp_deadline_us =
+      mg_mono_now_us() + (int64_t)(wcfg->upstream.response_timeout_ms > 0
+                                       ? wcfg->upstream.response_timeout_ms
+                                       : 30000) * 1000;
+  req_timer(r, MG_TIMER_BODY, MG_MIN((r->resp_deadline_us - mg_mono_now_us()) / 1000,
+                                     (int64_t)idle_s(conn_cfg(c)) * 1000));
   mg_tp_up_start(r);
   return 0;
 }
@@ -625,17 +628,20 @@ static void req_timer_cb(evutil_socket_t fd, short what, void *arg) {
     mg_info("conn %s: header timeout, closing", c->peer);
     conn_kill(c);
     return;
-  case MG_TIMER_RESPONSE:
-    if (!r->responded) {
+  case MG_TIMER_BODY: {
+    /* One timer, two clocks: the upstream's response deadline (504) and body progress.
+     * Only a stall the client causes counts: we wait for body bytes it has room to send
+     * (nothing buffered), or it does not read what we have for it. A pipeline or upstream
+     * that is slow is not the client's fault (the response deadline covers the upstream). */
+    int64_t now = mg_mono_now_us();
+    int64_t idle = now - r->last_progress_us;
+    int64_t next_ms;
+    bool waiting_resp = r->forwarded && !r->responded && r->resp_deadline_us;
+    if (waiting_resp && now >= r->resp_deadline_us) {
       mg_tp_up_cancel(r);
       mg_tp_req_up_fail(r, 504, "upstream_timeout", "no response headers in time");
+      return;
     }
-    return;
-  case MG_TIMER_BODY: {
-    /* Only a stall the client causes counts: we wait for body bytes it has room to send
-     * (nothing buffered), or it does not read what we have for it. A pipeline or upstream
-     * that is slow is not the client's fault (the response timeout covers the upstream). */
-    int64_t idle = mg_mono_now_us() - r->last_progress_us;
     bool client_owes = (!r->req_eof && !r->local && r->reqbuf.len == 0) ||
                        r->respbuf.len > 0 || (r->local && r->local_off < r->local_len);
     if (client_owes && idle >= idle_us) {
@@ -646,7 +652,10 @@ static void req_timer_cb(evutil_socket_t fd, short what, void *arg) {
       req_rst(r, NGHTTP2_CANCEL);
       return;
     }
-    req_timer(r, MG_TIMER_BODY, (client_owes ? idle_us - idle : idle_us) / 1000 + 1);
+    next_ms = (client_owes ? idle_us - idle : idle_us) / 1000 + 1;
+    if (waiting_resp)
+      next_ms = MG_MIN(next_ms, (r->resp_deadline_us - now) / 1000 + 1);
+    req_timer(r, MG_TIMER_BODY, next_ms);
     return;
   }
   default:

@@ -81,7 +81,7 @@ int mg_tp_hdrs_add(struct mg_hdrs *h, struct mg_arena *a, const void *name, size
 /* ---- the request (one downstream stream) ---- */
 
 enum { MG_UP_NONE = 0, MG_UP_H2, MG_UP_H1 };
-enum { MG_TIMER_OFF = 0, MG_TIMER_HEADERS, MG_TIMER_RESPONSE, MG_TIMER_BODY };
+enum { MG_TIMER_OFF = 0, MG_TIMER_HEADERS, MG_TIMER_BODY };
 
 struct mg_upconn;
 struct mg_h1conn;
@@ -133,6 +133,7 @@ struct mg_req {
   struct event timer;
   int timer_mode;
   int64_t last_progress_us;
+  int64_t resp_deadline_us;     /* forwarded: response headers due by then (else 504) */
 
   struct mg_req_outcome out;
   struct mg_arena arena;

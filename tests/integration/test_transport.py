@@ -33,7 +33,8 @@ class H2Client:
     """A minimal blocking HTTP/2 client over python3-h2, for what curl cannot do
     (several requests on one connection across a signal, duplicate fields, raw limits)."""
 
-    def __init__(self, port, tls=None):
+    def __init__(self, port, tls=None, ack=True):
+        self.ack = ack  # False: never open flow-control windows (a client that does not read)
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         if tls:
             s = tls.wrap_socket(s, server_hostname="localhost")
@@ -53,17 +54,44 @@ class H2Client:
         if data:
             self.sock.sendall(data)
 
-    def request(self, path, headers=(), body=None, method=None, authority="localhost"):
+    def request(self, path, headers=(), body=None, method=None, authority="localhost",
+                end=True):
         sid = self.conn.get_next_available_stream_id()
-        hdrs = [(":method", method or ("POST" if body is not None else "GET")),
+        hdrs = [(":method", method or ("POST" if body is not None or not end else "GET")),
                 (":scheme", "http"), (":authority", authority), (":path", path)] + list(headers)
-        self.conn.send_headers(sid, hdrs, end_stream=body is None)
+        self.conn.send_headers(sid, hdrs, end_stream=body is None and end)
         if body is not None:
-            self.conn.send_data(sid, body, end_stream=True)
+            self.pending = getattr(self, "pending", {})
+            self.pending[sid] = memoryview(body)
+            self.send_pending()
         self.streams[sid] = {"status": None, "headers": [], "body": b"", "trailers": [],
                              "ended": False, "reset": None}
         self.flush()
         return sid
+
+    def send_pending(self):
+        """Sends queued request bodies as far as the peer's windows allow."""
+        for sid, view in list(getattr(self, "pending", {}).items()):
+            while view:
+                try:
+                    n = min(self.conn.local_flow_control_window(sid),
+                            self.conn.max_outbound_frame_size, len(view))
+                except Exception:
+                    view = memoryview(b"")
+                    break
+                if n <= 0:
+                    break
+                self.conn.send_data(sid, bytes(view[:n]))
+                view = view[n:]
+            if view:
+                self.pending[sid] = view
+            else:
+                del self.pending[sid]
+                try:
+                    self.conn.end_stream(sid)
+                except Exception:
+                    pass
+        self.flush()
 
     def pump(self, done, timeout=10):
         deadline = time.time() + timeout
@@ -90,7 +118,9 @@ class H2Client:
                     st["status"] = int(dict(ev.headers)[":status"])
                 elif isinstance(ev, h2.events.DataReceived):
                     st["body"] += ev.data
-                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    if self.ack:
+                        self.conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                            ev.stream_id)
                 elif isinstance(ev, h2.events.TrailersReceived):
                     st["trailers"] = ev.headers
                 elif isinstance(ev, h2.events.StreamEnded):
@@ -100,7 +130,7 @@ class H2Client:
                         st["reset"] = ev.error_code
                 elif isinstance(ev, h2.events.ConnectionTerminated):
                     self.goaway = ev
-            self.flush()
+            self.send_pending()
         return done()
 
     def wait(self, sid, timeout=10):
@@ -626,3 +656,94 @@ def test_slowloris_header_timeout(passthrough_bin, upstream, proxies):
     took = time.time() - t
     assert 8 < took < 13  # closed by the 10 s header timeout
     s.close()
+
+
+def test_multiplexed_echo_integrity(passthrough_bin, upstream, proxies):
+    p = proxies(passthrough_bin, upstream.address, "--max-body-buffer", "65536")
+    c = H2Client(p.port)
+    c.conn.remote_settings  # windows from the proxy's SETTINGS arrive with the first pump
+    c.pump(lambda: False, 0.2)
+    bodies = {}
+    for i in range(16):
+        data = os.urandom(150000 + i * 997)
+        bodies[c.request("/echo", body=data)] = data
+    c.pump(lambda: all(c.streams[s]["ended"] or c.streams[s]["reset"] is not None
+                       for s in bodies), 30)
+    for sid, data in bodies.items():
+        assert c.streams[sid]["status"] == 200
+        assert c.streams[sid]["body"] == data
+    c.close()
+
+
+def test_client_not_reading_is_reset(passthrough_bin, upstream, proxies):
+    p = proxies(passthrough_bin, upstream.address, "--idle-timeout", "1")
+    c = H2Client(p.port, ack=False)
+    sid = c.request("/big?bytes=%d" % (50 << 20))
+    st = c.wait(sid, 6)
+    assert st["reset"] == 8  # CANCEL: no progress for idle_timeout_s
+    assert len(st["body"]) <= 65535  # never more than the window we gave
+    c.close()
+
+
+def test_client_not_sending_body_is_reset(passthrough_bin, upstream, proxies):
+    p = proxies(passthrough_bin, upstream.address, "--idle-timeout", "1")
+    c = H2Client(p.port)
+    sid = c.request("/upload", end=False)  # headers, then silence
+    st = c.wait(sid, 6)
+    assert st["reset"] == 8
+    c.close()
+
+
+def test_grpc_bidi_streaming_large(passthrough_bin, proxies):
+    grpc = pytest.importorskip("grpc")
+    from concurrent import futures
+
+    def bidi(it, ctx):
+        for m in it:
+            yield hashlib.sha256(m).digest() + m[:16]
+
+    handler = grpc.method_handlers_generic_handler("test.Flight", {
+        "Bidi": grpc.stream_stream_rpc_method_handler(bidi)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        p = proxies(passthrough_bin, "127.0.0.1:%d" % port)
+        ch = grpc.insecure_channel("127.0.0.1:%d" % p.port)
+        msgs = [os.urandom(100000) for _ in range(50)]
+        out = list(ch.stream_stream("/test.Flight/Bidi")(iter(msgs), timeout=30))
+        assert out == [hashlib.sha256(m).digest() + m[:16] for m in msgs]
+        ch.close()
+    finally:
+        server.stop(0)
+
+
+def test_spiffe_strictness(passthrough_bin, upstream, proxies, pki, tmp_path):
+    """Two URI SANs, or a non-spiffe URI, is no identity (certs/spiffe.c)."""
+    def mk(name, san):
+        k, csr, crt, ext = (str(tmp_path / (name + x)) for x in (".key", ".csr", ".pem", ".ext"))
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
+                        "-out", k], check=True)
+        subprocess.run(["openssl", "req", "-new", "-key", k, "-subj", "/CN=" + name, "-out", csr],
+                       check=True)
+        with open(ext, "w") as f:
+            f.write("extendedKeyUsage=clientAuth\nsubjectAltName=%s\n" % san)
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", pki + "/ca.pem", "-CAkey",
+                        pki + "/ca.key", "-CAcreateserial", "-CAserial", str(tmp_path / "srl"),
+                        "-days", "1", "-extfile", ext, "-out", crt], check=True,
+                       stderr=subprocess.DEVNULL)
+        return crt, k
+    p = proxies(passthrough_bin, upstream.address, "--tls-cert", pki + "/server.pem",
+                "--tls-key", pki + "/server.key", "--tls-ca", pki + "/ca.pem")
+    url = "https://localhost:%d/__whoami" % p.port
+    cases = {
+        "two": ("URI:spiffe://mesh.test/a,URI:spiffe://mesh.test/b", ""),
+        "http": ("URI:https://mesh.test/a", ""),
+        "notd": ("URI:spiffe:///ns/a", ""),
+        "good": ("DNS:x.test,URI:spiffe://mesh.test/ns/a/sa/b", "spiffe://mesh.test/ns/a/sa/b"),
+    }
+    for name, (san, want) in cases.items():
+        crt, key = mk(name, san)
+        r = curl("--cacert", pki + "/ca.pem", "--cert", crt, "--key", key, url, check=True)
+        assert json.loads(r.stdout)["spiffe"] == want, name
