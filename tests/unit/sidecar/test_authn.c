@@ -9,6 +9,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
@@ -993,6 +994,56 @@ static void test_bad_config(void **state) {
   assert_null(a);
 }
 
+/* ---- concurrent verification during key-set swaps ------------------------ */
+
+struct worker_arg {
+  struct fx *f;
+  const char *tok;
+  int ok, failed;
+};
+
+static void *verify_worker(void *arg) {
+  struct worker_arg *w = arg;
+  struct mg_authn_cache *c = mg_authn_cache_new(64);
+  for (int i = 0; i < 400; i++) {
+    struct mg_authn_identity id;
+    char why[96];
+    /* alternate cached and uncached checks */
+    int rc = mg_authn_verify(w->f->a, (i & 1) ? c : NULL, w->tok, strlen(w->tok),
+                             mg_time_now_us(), &id, why, sizeof why);
+    if (rc == 0) {
+      w->ok += strcmp(id.user, "user:alice") == 0;
+      mg_authn_identity_release(&id);
+    } else {
+      w->failed++;
+    }
+  }
+  mg_authn_cache_free(c);
+  return NULL;
+}
+
+static void test_concurrent_reload(void **state) {
+  struct fx *f = *state;
+  char *es = tok("ec256.pem", MG_JWS_ES256, "ec256", ""); /* ec256 is in both sets */
+  pthread_t th[4];
+  struct worker_arg wa[4];
+  for (int i = 0; i < 4; i++) {
+    wa[i] = (struct worker_arg){f, es, 0, 0};
+    assert_int_equal(pthread_create(&th[i], NULL, verify_worker, &wa[i]), 0);
+  }
+  for (int i = 0; i < 40; i++) {
+    copy_fixture(i & 1 ? "jwks.json" : "jwks_rotated.json", f->jwks);
+    mg_authn_reload(f->a);
+    usleep(2000);
+  }
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    assert_int_equal(wa[i].failed, 0);
+    assert_int_equal(wa[i].ok, 400);
+  }
+  free(es);
+}
+
 /* ---- JWKS URL: a real loopback HTTP server ------------------------------- */
 
 static atomic_int woke;
@@ -1117,6 +1168,7 @@ int main(void) {
     cmocka_unit_test_setup_teardown(test_rotation_file, setup, teardown),
     cmocka_unit_test_setup_teardown(test_rotation_rate_limit, setup, teardown),
     cmocka_unit_test_setup_teardown(test_bad_config, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_concurrent_reload, setup, teardown),
     cmocka_unit_test_setup_teardown(test_jwks_url, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
