@@ -12,12 +12,12 @@
  *   one allocation). An entry is valid until exp+skew and for the key-set generation it was
  *   verified under; after a swap it survives only if its key (by fingerprint) is still in
  *   the new set.
- * - Key-set lifetime: each issuer has an atomic pointer to an immutable struct mg_jwks.
- *   Readers do one acquire load and never lock or touch a refcount. Writers (reload,
- *   refresh thread, unknown-kid file reload) serialize on the issuer's mutex, swap only when
- *   the document's digest changed, and retire the old set; retired sets are freed once they
- *   have been retired for MG_AUTHN_RETIRE_S (far above any verification's duration) or at
- *   mg_authn_free. Swaps happen only on real key changes, so the retired list stays tiny.
+ * - Key-set lifetime: each issuer points to an immutable, refcounted struct mg_jwks. A
+ *   cache hit reads only the issuer's atomic generation number (no lock, no refcount). A
+ *   miss — already paying for JSON and a signature — takes a reference under the issuer's
+ *   mutex for the few instructions of pointer load + increment, so a concurrent swap can
+ *   never free the set under it. Writers (reload, refresh thread, unknown-kid file reload)
+ *   parse outside the lock and swap only when the document's digest changed.
  * - JWKS URLs: fetched synchronously at start (5 s timeout), then by one background thread
  *   every jwks_refresh_s and on request after an unknown kid (at most one per
  *   jwks_min_refresh_s per issuer). Requests that hit the unknown kid get
@@ -42,7 +42,6 @@
 #include "sidecar/authn.h"
 #include "sidecar/authn_int.h"
 
-#define MG_AUTHN_RETIRE_S 60
 #define MG_AUTHN_MAX_CLAIM 256
 #define MG_AUTHN_FETCH_TIMEOUT_MS 5000
 #define MAX_UNIX_S 253402300799LL /* 9999-12-31T23:59:59Z: larger numbers are absurd */
@@ -55,9 +54,10 @@ struct issuer {
   unsigned algs;            /* configured "algorithms" mask, 0 = none configured */
   int64_t skew_us;
   int refresh_s, min_refresh_s;
-  _Atomic(struct mg_jwks *) ks;
+  struct mg_jwks *ks;              /* under ks_lock; holds one reference */
+  _Atomic uint64_t gen;            /* ks->generation, for lock-free cache hits */
   _Atomic int64_t loaded_us;       /* wall clock of the last successful load */
-  pthread_mutex_t wlock;           /* serializes writers of ks */
+  pthread_mutex_t ks_lock;         /* ks pointer and every set's refs */
   /* under mg_authn.lock */
   int64_t last_unknown_us;         /* monotonic; INT64_MIN = never */
   bool want, busy;
@@ -70,12 +70,6 @@ struct waiter {
   struct waiter *next;
 };
 
-struct retired {
-  struct mg_jwks *ks;
-  int64_t at_us;
-  struct retired *next;
-};
-
 struct mg_authn {
   struct issuer *iss;
   size_t niss;
@@ -86,7 +80,6 @@ struct mg_authn {
   pthread_t thr;
   bool have_thr, stop, refreshing;
   struct waiter *waiters;
-  struct retired *retired;
 };
 
 /* The identity and everything it points to, in one allocation. */
@@ -125,48 +118,40 @@ static int set_reason(char *reason, size_t rl, const char *why, int rc) {
 
 /* ---- key sets ----------------------------------------------------------- */
 
-static void retire_locked(struct mg_authn *a, struct mg_jwks *old, int64_t now) {
-  struct retired **pp = &a->retired;
-  while (*pp) {
-    struct retired *r = *pp;
-    if (now - r->at_us > (int64_t)MG_AUTHN_RETIRE_S * 1000000) {
-      *pp = r->next;
-      mg_jwks_free(r->ks);
-      free(r);
-    } else {
-      pp = &r->next;
-    }
-  }
-  if (!old) return;
-  struct retired *r = malloc(sizeof *r);
-  if (!r) {
-    /* never free a set a reader may hold: leak it instead */
-    mg_error("authn: out of memory retiring a key set");
-    return;
-  }
-  *r = (struct retired){old, now, a->retired};
-  a->retired = r;
+/* A reference to the issuer's current set (NULL before the first load). */
+static struct mg_jwks *ks_get(struct issuer *is) {
+  pthread_mutex_lock(&is->ks_lock);
+  struct mg_jwks *ks = is->ks;
+  if (ks) ks->refs++;
+  pthread_mutex_unlock(&is->ks_lock);
+  return ks;
+}
+
+static void ks_put(struct issuer *is, struct mg_jwks *ks) {
+  if (!ks) return;
+  pthread_mutex_lock(&is->ks_lock);
+  bool last = --ks->refs == 0;
+  pthread_mutex_unlock(&is->ks_lock);
+  if (last) mg_jwks_free(ks);
 }
 
 /* Takes ks. Swaps only when the content changed. */
-static void install(struct mg_authn *a, struct issuer *is, struct mg_jwks *ks) {
-  pthread_mutex_lock(&is->wlock);
-  struct mg_jwks *old = atomic_load_explicit(&is->ks, memory_order_acquire);
+static void install(struct issuer *is, struct mg_jwks *ks) {
+  pthread_mutex_lock(&is->ks_lock);
+  struct mg_jwks *old = is->ks;
   atomic_store(&is->loaded_us, ks->loaded_us);
   if (old && memcmp(old->digest, ks->digest, sizeof ks->digest) == 0) {
-    pthread_mutex_unlock(&is->wlock);
+    pthread_mutex_unlock(&is->ks_lock);
     mg_jwks_free(ks);
     return;
   }
   ks->generation = atomic_fetch_add(&next_generation, 1);
-  atomic_store_explicit(&is->ks, ks, memory_order_release);
-  pthread_mutex_unlock(&is->wlock);
+  ks->refs = 1;
+  is->ks = ks;
+  atomic_store(&is->gen, ks->generation);
+  pthread_mutex_unlock(&is->ks_lock);
   mg_info("authn: issuer %s: installed %zu key(s)", is->name ? is->name : is->iss, ks->nkeys);
-  if (old) {
-    pthread_mutex_lock(&a->lock);
-    retire_locked(a, old, mg_mono_now_us());
-    pthread_mutex_unlock(&a->lock);
-  }
+  ks_put(is, old);
 }
 
 /* Loads the issuer's source now. 0 or error (err says why); the old set stays. */
@@ -174,7 +159,7 @@ static int load_now(struct mg_authn *a, struct issuer *is, char *err, size_t err
   struct mg_jwks *ks = NULL;
   int rc = is->file ? mg_jwks_load_file(is->file, &ks, err, errlen)
                     : mg_jwks_fetch_url(is->url, MG_AUTHN_FETCH_TIMEOUT_MS, &ks, err, errlen);
-  if (rc == 0) install(a, is, ks);
+  if (rc == 0) install(is, ks);
   return rc;
 }
 
@@ -244,16 +229,16 @@ static void issuer_clear(struct issuer *is) {
   free(is->groups_claim);
   for (size_t i = 0; i < is->naud; i++) free(is->aud[i]);
   free(is->aud);
-  mg_jwks_free(atomic_load(&is->ks));
-  pthread_mutex_destroy(&is->wlock);
+  ks_put(is, is->ks);
+  pthread_mutex_destroy(&is->ks_lock);
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
 static int issuer_init(struct issuer *is, const struct mg_config_issuer *ci, char *err,
                        size_t errlen) {
-  pthread_mutex_init(&is->wlock, NULL);
-  atomic_init(&is->ks, NULL);
+  pthread_mutex_init(&is->ks_lock, NULL);
+  atomic_init(&is->gen, 0);
   atomic_init(&is->loaded_us, 0);
   is->last_unknown_us = INT64_MIN;
   if (!ci->issuer || (!ci->jwks_file == !ci->jwks_url)) {
@@ -360,11 +345,6 @@ void mg_authn_free(struct mg_authn *a) {
     nx = w->next;
     w->fn(w->arg);
     free(w);
-  }
-  for (struct retired *r = a->retired, *nx; r; r = nx) {
-    nx = r->next;
-    mg_jwks_free(r->ks);
-    free(r);
   }
   for (size_t i = 0; i < a->niss; i++) issuer_clear(&a->iss[i]);
   free(a->iss);
@@ -489,17 +469,17 @@ static int cache_get(struct mg_authn *a, struct mg_authn_cache *c, uint64_t h, c
       centry_clear(e);
       return 0;
     }
-    const struct mg_jwks *ks = atomic_load_explicit(&a->iss[e->issuer].ks, memory_order_acquire);
-    if (!ks) {
-      centry_clear(e);
-      return 0;
-    }
-    if (ks->generation != e->gen) {
-      if (!key_still_there(ks, e->key_fp)) {
+    struct issuer *is = &a->iss[e->issuer];
+    if (atomic_load_explicit(&is->gen, memory_order_acquire) != e->gen) {
+      /* the set changed: the entry lives on only if its key is still published */
+      struct mg_jwks *ks = ks_get(is);
+      bool keep = ks && key_still_there(ks, e->key_fp);
+      if (keep) e->gen = ks->generation;
+      ks_put(is, ks);
+      if (!keep) {
         centry_clear(e);
         return 0;
       }
-      e->gen = ks->generation;
     }
     e->used = ++c->tick;
     give(e->b, id);
@@ -752,6 +732,8 @@ int mg_authn_verify(struct mg_authn *a, struct mg_authn_cache *c, const char *to
   uint8_t *buf = NULL;
   json_t *hdr = NULL, *claims = NULL;
   struct blob *b = NULL;
+  struct issuer *is = NULL;
+  struct mg_jwks *ks = NULL;
   uint64_t h = 0;
 
   memset(id, 0, sizeof *id);
@@ -822,7 +804,6 @@ int mg_authn_verify(struct mg_authn *a, struct mg_authn_cache *c, const char *to
     why = "invalid claim: iss";
     goto out;
   }
-  struct issuer *is = NULL;
   uint32_t isx = 0;
   for (; isx < a->niss; isx++)
     if (strlen(a->iss[isx].iss) == json_string_length(jiss) &&
@@ -944,7 +925,7 @@ int mg_authn_verify(struct mg_authn *a, struct mg_authn_cache *c, const char *to
   }
 
   /* key: (issuer, kid), algorithm pinned by the key */
-  const struct mg_jwks *ks = atomic_load_explicit(&is->ks, memory_order_acquire);
+  ks = ks_get(is);
   const struct mg_jwk *k = find_key(is, ks, kid, alg, &why);
   if (!k && kid && !strcmp(why, "unknown key id")) {
     /* rate-limited refresh: a token with a fresh kid usually means the IdP rotated */
@@ -974,7 +955,8 @@ int mg_authn_verify(struct mg_authn *a, struct mg_authn_cache *c, const char *to
       if (load_now(a, is, err, sizeof err))
         mg_warn("authn: issuer %s: JWKS reload after an unknown kid failed: %s",
                 is->name ? is->name : is->iss, err);
-      ks = atomic_load_explicit(&is->ks, memory_order_acquire);
+      ks_put(is, ks);
+      ks = ks_get(is);
       k = find_key(is, ks, kid, alg, &why);
     }
   }
@@ -996,6 +978,7 @@ int mg_authn_verify(struct mg_authn *a, struct mg_authn_cache *c, const char *to
   id->priv = b; /* the creation reference */
   rc = 0;
 out:
+  if (ks) ks_put(is, ks);
   json_decref(hdr);
   json_decref(claims);
   free(buf);

@@ -39,14 +39,14 @@ struct mg_jwk {
   uint64_t fp;             /* mg_hash64 of kty, alg and key material: "same key" across loads */
 };
 
-/* An immutable key set. Readers get it with one atomic load; replaced sets are retired
- * and freed later (see authn.c "Key-set lifetime"). */
+/* An immutable key set, shared by reference (see authn.c "Key-set lifetime"). */
 struct mg_jwks {
   struct mg_jwk *keys;
   size_t nkeys;
   uint64_t generation;     /* process-unique, set when installed */
   uint8_t digest[32];      /* SHA-256 of the source bytes: unchanged sets are not swapped */
   int64_t loaded_us;       /* wall clock of the last successful load of this content */
+  int refs;                /* owned by authn.c, under the issuer's lock */
 };
 
 #define MG_JWKS_MAX_BYTES (1u << 20)
