@@ -124,6 +124,7 @@ struct mg_req {
   struct mg_h1conn *h1;
   struct mg_req *qnext;         /* pool wait queue */
   struct mg_req *up_prev, *up_next; /* streams of one upstream h2 connection */
+  void *up_slot;                /* upstream.c: the h2 stream's user data (see there) */
   bool queued;
   int retries;                  /* upstream attempts repeated (refused / stale keep-alive) */
   uint64_t body_sent;           /* request body bytes handed to the upstream */

@@ -12,6 +12,11 @@
  * only when conn.c has written it downstream; request DATA is read NO_COPY from the
  * request's ring and the downstream window opens as it goes out. The HTTP/1.1 leg lives
  * in upstream_h1.c and shares the pool object.
+ *
+ * Upstream streams point at a small slot, not at the request: a request may be cancelled
+ * while its HEADERS still wait in nghttp2's queue (no stream exists yet, so its user data
+ * cannot be cleared). Cancelling empties the slot; the slot itself dies with the stream
+ * (on_stream_close), with its unsent HEADERS (on_frame_not_send), or with the connection.
  */
 #include "sidecar/transport_int.h"
 
@@ -28,6 +33,12 @@
 
 enum { UC_CONNECTING = 0, UC_READY, UC_DRAINING };
 
+struct upslot {
+  struct mg_req *r;             /* NULL once the request is gone */
+  int32_t sid;
+  struct upslot *prev, *next;
+};
+
 struct mg_upconn {
   struct mg_uppool *pool;
   struct mg_upconn *next;
@@ -35,7 +46,8 @@ struct mg_upconn {
   nghttp2_session *sess;
   int state;
   bool dead, flush_pending;
-  int nstreams;
+  int nstreams;                 /* live slots */
+  struct upslot *slots;
   struct mg_req *reqs;
   struct event flush_ev, timer;
 };
@@ -119,7 +131,29 @@ static void uc_attach(struct mg_upconn *uc, struct mg_req *r) {
   uc->reqs = r;
 }
 
+static struct mg_req *slot_req(nghttp2_session *s, int32_t sid) {
+  struct upslot *sl = nghttp2_session_get_stream_user_data(s, sid);
+  return sl ? sl->r : NULL;
+}
+
+static void slot_free(struct mg_upconn *uc, struct upslot *sl) {
+  if (sl->prev)
+    sl->prev->next = sl->next;
+  else
+    uc->slots = sl->next;
+  if (sl->next)
+    sl->next->prev = sl->prev;
+  if (sl->r)
+    sl->r->up_slot = NULL;
+  uc->nstreams--;
+  free(sl);
+}
+
 static void uc_detach(struct mg_upconn *uc, struct mg_req *r) {
+  if (r->up_slot) {
+    ((struct upslot *)r->up_slot)->r = NULL;
+    r->up_slot = NULL;
+  }
   if (r->up_prev)
     r->up_prev->up_next = r->up_next;
   else
@@ -162,7 +196,7 @@ static void uc_kill(struct mg_upconn *uc, const char *why);
 
 static ssize_t up_req_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t length,
                            uint32_t *flags, nghttp2_data_source *src, void *ud) {
-  struct mg_req *r = src->ptr;
+  struct mg_req *r = ((struct upslot *)src->ptr)->r;
   const uint8_t *p;
   size_t avail;
   if (!r)
@@ -196,7 +230,7 @@ static ssize_t up_req_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t
 static int up_send_data(nghttp2_session *s, nghttp2_frame *frame, const uint8_t *framehd,
                         size_t length, nghttp2_data_source *src, void *ud) {
   struct mg_upconn *uc = ud;
-  struct mg_req *r = src->ptr;
+  struct mg_req *r = ((struct upslot *)src->ptr)->r;
   struct evbuffer *out = bufferevent_get_output(uc->bev);
   const uint8_t *p;
   static const uint8_t zeros[256];
@@ -225,7 +259,7 @@ static int up_on_header(nghttp2_session *s, const nghttp2_frame *frame, const ui
   struct mg_hdrs *h;
   if (frame->hd.type != NGHTTP2_HEADERS)
     return 0;
-  r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+  r = slot_req(s, frame->hd.stream_id);
   if (!r)
     return 0;
   h = r->resp_final ? &r->resp_trailers : &r->resp_hdrs;
@@ -246,7 +280,7 @@ static int up_on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void
   bool es = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
   switch (frame->hd.type) {
   case NGHTTP2_HEADERS:
-    r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+    r = slot_req(s, frame->hd.stream_id);
     if (!r)
       return 0;
     if (!r->resp_final) {
@@ -264,7 +298,7 @@ static int up_on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void
   case NGHTTP2_DATA:
     if (!es)
       return 0;
-    r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
+    r = slot_req(s, frame->hd.stream_id);
     if (r)
       mg_tp_req_up_end(r, NULL);
     return 0;
@@ -278,7 +312,7 @@ static int up_on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void
 
 static int up_on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid,
                             const uint8_t *data, size_t len, void *ud) {
-  struct mg_req *r = nghttp2_session_get_stream_user_data(s, sid);
+  struct mg_req *r = slot_req(s, sid);
   size_t taken;
   if (!r) {
     nghttp2_session_consume(s, sid, len);
@@ -295,8 +329,10 @@ static int up_on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid,
 static int up_on_stream_close(nghttp2_session *s, int32_t sid, uint32_t error_code,
                               void *ud) {
   struct mg_upconn *uc = ud;
-  struct mg_req *r = nghttp2_session_get_stream_user_data(s, sid);
-  uc->nstreams--;
+  struct upslot *sl = nghttp2_session_get_stream_user_data(s, sid);
+  struct mg_req *r = sl ? sl->r : NULL;
+  if (sl)
+    slot_free(uc, sl);
   if (r && error_code == NGHTTP2_REFUSED_STREAM && !r->resp_final && r->body_sent == 0 &&
       r->retries == 0) {
     /* REFUSED_STREAM (or beyond a GOAWAY's last stream id): the upstream guarantees it
@@ -326,6 +362,27 @@ static int up_on_stream_close(nghttp2_session *s, int32_t sid, uint32_t error_co
   return 0;
 }
 
+/* A request whose HEADERS never went out (cancelled while queued, or the session
+ * refused it): its slot has no stream to die with. */
+static int up_on_frame_not_send(nghttp2_session *s, const nghttp2_frame *frame, int err,
+                                void *ud) {
+  struct mg_upconn *uc = ud;
+  struct upslot *sl;
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+    return 0;
+  for (sl = uc->slots; sl && sl->sid != frame->hd.stream_id; sl = sl->next)
+    ;
+  if (!sl || nghttp2_session_get_stream_user_data(s, frame->hd.stream_id) == sl)
+    return 0; /* the stream exists: on_stream_close will free it */
+  if (sl->r) {
+    struct mg_req *r = sl->r;
+    uc_detach(uc, r);
+    mg_tp_req_up_fail(r, 502, "upstream_unavailable", nghttp2_strerror(err));
+  }
+  slot_free(uc, sl);
+  return 0;
+}
+
 static nghttp2_session_callbacks *client_cbs;
 static nghttp2_option *client_opt;
 static pthread_once_t client_once = PTHREAD_ONCE_INIT;
@@ -337,6 +394,7 @@ static void client_init(void) {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(client_cbs, up_on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(client_cbs, up_on_stream_close);
   nghttp2_session_callbacks_set_send_data_callback(client_cbs, up_send_data);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(client_cbs, up_on_frame_not_send);
   nghttp2_option_new(&client_opt);
   nghttp2_option_set_no_auto_window_update(client_opt, 1);
   nghttp2_option_set_max_continuations(client_opt, 8);
@@ -355,6 +413,8 @@ static void uc_destroy(struct mg_upconn *uc) {
     *pp = uc->next;
   event_del(&uc->flush_ev);
   evtimer_del(&uc->timer);
+  while (uc->slots)
+    slot_free(uc, uc->slots);
   if (uc->sess)
     nghttp2_session_del(uc->sess);
   if (uc->bev)
@@ -402,8 +462,6 @@ static void uc_kill(struct mg_upconn *uc, const char *why) {
     bufferevent_disable(uc->bev, EV_READ | EV_WRITE);
   while (uc->reqs) {
     struct mg_req *r = uc->reqs;
-    if (uc->sess)
-      nghttp2_session_set_stream_user_data(uc->sess, r->up_sid, NULL);
     uc_detach(uc, r);
     if (!r->resp_eof)
       mg_tp_req_up_fail(r, 502, "upstream_unavailable", detail);
@@ -568,14 +626,24 @@ static struct mg_upconn *uc_open(struct mg_uppool *p, char *why, size_t whylen) 
 }
 
 static void submit_on(struct mg_upconn *uc, struct mg_req *r) {
-  nghttp2_data_provider prd = {.source.ptr = r, .read_callback = up_req_read};
-  int32_t sid = nghttp2_submit_request(uc->sess, NULL, r->fwd_nv, r->fwd_nnv,
-                                       r->req_body ? &prd : NULL, r);
+  struct upslot *sl = calloc(1, sizeof *sl);
+  nghttp2_data_provider prd = {.source.ptr = sl, .read_callback = up_req_read};
+  int32_t sid = sl ? nghttp2_submit_request(uc->sess, NULL, r->fwd_nv, r->fwd_nnv,
+                                            r->req_body ? &prd : NULL, sl)
+                   : NGHTTP2_ERR_NOMEM;
   if (sid < 0) {
+    free(sl);
     r->up_kind = MG_UP_NONE;
     mg_tp_req_up_fail(r, 502, "upstream_unavailable", nghttp2_strerror(sid));
     return;
   }
+  sl->r = r;
+  sl->sid = sid;
+  sl->next = uc->slots;
+  if (uc->slots)
+    uc->slots->prev = sl;
+  uc->slots = sl;
+  r->up_slot = sl;
   if (!r->req_body)
     r->req_up_done = true;
   r->up_sid = sid;
@@ -624,7 +692,6 @@ void mg_tp_up_cancel(struct mg_req *r) {
   } else if (r->upc) {
     struct mg_upconn *uc = r->upc;
     if (uc->sess && !uc->dead) {
-      nghttp2_session_set_stream_user_data(uc->sess, r->up_sid, NULL);
       if (r->respbuf.len)
         nghttp2_session_consume_connection(uc->sess, r->respbuf.len);
       nghttp2_submit_rst_stream(uc->sess, NGHTTP2_FLAG_NONE, r->up_sid, NGHTTP2_CANCEL);

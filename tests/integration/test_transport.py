@@ -747,3 +747,27 @@ def test_spiffe_strictness(passthrough_bin, upstream, proxies, pki, tmp_path):
         crt, key = mk(name, san)
         r = curl("--cacert", pki + "/ca.pem", "--cert", crt, "--key", key, url, check=True)
         assert json.loads(r.stdout)["spiffe"] == want, name
+
+
+def test_upstream_max_streams_queue_and_cancel(passthrough_bin, proxies, tmp_path):
+    """The upstream allows 2 streams: the rest wait in nghttp2's queue; cancelling queued
+    ones must neither reach the upstream nor disturb the others."""
+    u = Upstream(tmp_path, extra=("--h2-max-streams", "2"))
+    try:
+        p = proxies(passthrough_bin, u.address, "--workers", "1", "--connections", "1")
+        c = H2Client(p.port)
+        # warm the upstream connection so its SETTINGS (max 2 streams) are known
+        assert c.get("/datasets/warm")["status"] == 200
+        sids = [c.request("/slow?ms=400") for _ in range(8)]
+        c.pump(lambda: False, 0.1)
+        for sid in sids[4:]:
+            c.conn.reset_stream(sid, 8)
+        c.flush()
+        c.pump(lambda: all(c.streams[s]["ended"] for s in sids[:4]), 10)
+        assert [c.streams[s]["status"] for s in sids[:4]] == [200] * 4
+        assert c.get("/datasets/after")["status"] == 200
+        c.close()
+        time.sleep(0.5)
+        assert len([x for x in u.requests() if x["path"] == "/slow?ms=400"]) == 4
+    finally:
+        u.stop()

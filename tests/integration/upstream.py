@@ -2,6 +2,7 @@
 """upstream.py — the test "product service" behind meshgate (h2c or HTTP/1.1).
 
 Run:   /usr/bin/python3 upstream.py [--port 0] [--host 127.0.0.1] [--unix PATH]
+                                    [--h2-max-streams N]
                                     [--http1 [--idle-close-ms N] [--drop-reused]]
                                     [--log FILE.jsonl]
 Prints "PORT <n>" (or "UNIX <path>") on stdout once listening, then serves until
@@ -98,6 +99,8 @@ class H2Stream:
 
 
 class H2Server(asyncio.Protocol):
+    max_streams = 256
+
     def __init__(self, log):
         self.log = log
         self.conn = h2.connection.H2Connection(
@@ -112,7 +115,7 @@ class H2Server(asyncio.Protocol):
         self.transport = transport
         self.conn.initiate_connection()
         self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20,
-                                   h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 256})
+                                   h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
         self.conn.increment_flow_control_window(16 << 20)
         self.flush()
 
@@ -498,10 +501,13 @@ async def main():
     ap.add_argument("--log")
     ap.add_argument("--idle-close-ms", type=int, default=0,
                     help="http1: close keep-alive connections idle this long")
+    ap.add_argument("--h2-max-streams", type=int, default=256,
+                    help="h2: SETTINGS_MAX_CONCURRENT_STREAMS to advertise")
     ap.add_argument("--drop-reused", action="store_true",
                     help="http1: close a connection, unanswered, at its second request")
     a = ap.parse_args()
     log = Log(a.log)
+    H2Server.max_streams = a.h2_max_streams
     loop = asyncio.get_running_loop()
     if a.http1:
         def factory(r, w):
