@@ -163,3 +163,19 @@ void mg_shipper_notify_checkpoint(struct mg_shipper *s, uint64_t size, const cha
 void mg_shipper_stats(struct mg_shipper *s, uint64_t *acked, bool *connected);
 /* Flushes what it can within timeout_ms, then stops. */
 void mg_shipper_stop(struct mg_shipper *s, int timeout_ms);
+
+/* store additions */
+/* ---- writer.c: hooks for the shipper ------------------------------------------- */
+struct mg_lineage_writer;
+/* The writer's log (for mg_shipper_start); valid until mg_lineage_writer_close. */
+struct mg_lineage_log *mg_lineage_writer_log(struct mg_lineage_writer *w);
+/* The acknowledged index stored in meta "shipped" (for mg_shipper_start). */
+uint64_t mg_lineage_writer_shipped(struct mg_lineage_writer *w);
+/* Attaches a started shipper: after each commit the writer calls mg_shipper_notify_group
+ * (entries [first, last] of the group) and mg_shipper_notify_checkpoint; stats report its
+ * acked index and connection. Takes ownership: mg_lineage_writer_close stops it
+ * (mg_shipper_stop, 5 s) after the final checkpoint and before closing the log. */
+void mg_lineage_writer_attach_shipper(struct mg_lineage_writer *w, struct mg_shipper *s);
+/* An mg_shipper_ack_cb (arg = the writer): records `upto` in meta "shipped" with the next
+ * commit. Any thread. */
+void mg_lineage_writer_ack(void *arg, uint64_t upto);

@@ -1,0 +1,326 @@
+/*
+ * log.c — the LMDB log: one environment per directory and process, four databases.
+ *
+ *   entries      u64 BE index            -> the entry line (no LF), exact bytes
+ *   nodes        u8 level, u64 BE index  -> 32-byte hash of that perfect subtree
+ *                                           (level 0 = leaf hashes)
+ *   checkpoints  u64 BE size             -> signed note text
+ *   meta         name                    -> value ("size", "last_time_us", "shipped" as
+ *                                           u64 BE; "key", "origin" as text)
+ *
+ * Every subtree hash is stored once, when the append that completes it commits, so a
+ * proof or a frontier is O(log n) point reads and nothing is ever rewritten. The writer
+ * puts entries with MDB_APPEND (keys only grow). We never use MDB_NOSYNC, MDB_WRITEMAP or
+ * MDB_MAPASYNC: a commit that returned is on disk, and a killed process leaves the last
+ * commit intact. MDB_NOTLS lets read transactions run on any thread (the admin export, the
+ * shipper). LMDB forbids opening one environment twice in a process (closing one would
+ * drop the other's locks), hence the small registry keyed by the directory's inode.
+ */
+#include "lineage/lineage_store.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct mg_lineage_log *reg_head;
+
+int mg_lineage_log_err(int rc) {
+  switch (rc) {
+  case 0: return 0;
+  case MDB_MAP_FULL:
+  case ENOSPC:
+  case EDQUOT: return MG_LINEAGE_E_FULL;
+  case MDB_NOTFOUND: return MG_ERR_NOTFOUND;
+  case ENOMEM: return -ENOMEM;
+  case EACCES:
+  case ENOENT:
+  case EAGAIN: return -rc;
+  default: return MG_LINEAGE_E_STORE;
+  }
+}
+
+int mg_lineage_log_txn(struct mg_lineage_log *log, bool write, MDB_txn **txn) {
+  int rc = mdb_txn_begin(log->env, NULL, write ? 0 : MDB_RDONLY, txn);
+  if (rc == MDB_MAP_RESIZED) {
+    rc = mdb_env_set_mapsize(log->env, 0);
+    if (!rc) rc = mdb_txn_begin(log->env, NULL, write ? 0 : MDB_RDONLY, txn);
+  }
+  return rc;
+}
+
+static int open_env(const char *dir, size_t map_size_mb, bool rdonly, struct mg_lineage_log *l) {
+  MDB_txn *txn = NULL;
+  int rc = mdb_env_create(&l->env);
+  if (rc) return rc;
+  if ((rc = mdb_env_set_maxdbs(l->env, 4)) ||
+      (map_size_mb && (rc = mdb_env_set_mapsize(l->env, map_size_mb << 20))) ||
+      (rc = mdb_env_set_maxreaders(l->env, 1022)))
+    goto fail_env;
+  rc = mdb_env_open(l->env, dir, MDB_NOTLS | (rdonly ? MDB_RDONLY : 0u), 0600);
+  if (rc) goto fail_env;
+  int dead = 0;
+  mdb_reader_check(l->env, &dead);
+  if (dead) mg_info("lineage log %s: cleared %d stale readers", dir, dead);
+  if ((rc = mg_lineage_log_txn(l, !rdonly, &txn))) goto fail_env;
+  unsigned fl = rdonly ? 0 : MDB_CREATE;
+  if ((rc = mdb_dbi_open(txn, "entries", fl, &l->entries)) ||
+      (rc = mdb_dbi_open(txn, "nodes", fl, &l->nodes)) ||
+      (rc = mdb_dbi_open(txn, "checkpoints", fl, &l->checkpoints)) ||
+      (rc = mdb_dbi_open(txn, "meta", fl, &l->meta)))
+    goto fail_txn;
+  if ((rc = mdb_txn_commit(txn))) goto fail_env;
+  return 0;
+fail_txn:
+  mdb_txn_abort(txn);
+fail_env:
+  mdb_env_close(l->env);
+  l->env = NULL;
+  return rc;
+}
+
+int mg_lineage_log_open(const char *dir, size_t map_size_mb, bool rdonly,
+                        struct mg_lineage_log **out) {
+  struct stat st;
+  int rc = 0;
+  if (!dir || !out) return MG_ERR_INVALID;
+  if (stat(dir, &st) != 0) return -errno;
+  if (!S_ISDIR(st.st_mode)) return -ENOTDIR;
+  pthread_mutex_lock(&reg_mu);
+  for (struct mg_lineage_log *l = reg_head; l; l = l->next) {
+    if (l->dev == st.st_dev && l->ino == st.st_ino) {
+      if (l->rdonly && !rdonly) {
+        rc = -EBUSY;
+        goto unlock;
+      }
+      l->refs++;
+      *out = l;
+      goto unlock;
+    }
+  }
+  struct mg_lineage_log *l = calloc(1, sizeof *l);
+  if (!l) {
+    rc = -ENOMEM;
+    goto unlock;
+  }
+  int mrc = open_env(dir, map_size_mb, rdonly, l);
+  if (mrc) {
+    free(l);
+    /* A read-only open of a directory never written: no such databases yet. */
+    rc = mrc == MDB_NOTFOUND ? MG_ERR_NOTFOUND : mrc > 0 && mrc < 200 ? -mrc : mg_lineage_log_err(mrc);
+    goto unlock;
+  }
+  l->rdonly = rdonly;
+  l->refs = 1;
+  l->dev = st.st_dev;
+  l->ino = st.st_ino;
+  l->next = reg_head;
+  reg_head = l;
+  *out = l;
+unlock:
+  pthread_mutex_unlock(&reg_mu);
+  return rc;
+}
+
+void mg_lineage_log_close(struct mg_lineage_log *log) {
+  if (!log) return;
+  pthread_mutex_lock(&reg_mu);
+  if (--log->refs > 0) {
+    pthread_mutex_unlock(&reg_mu);
+    return;
+  }
+  for (struct mg_lineage_log **p = &reg_head; *p; p = &(*p)->next)
+    if (*p == log) {
+      *p = log->next;
+      break;
+    }
+  pthread_mutex_unlock(&reg_mu);
+  mdb_env_close(log->env);
+  free(log);
+}
+
+/* ---- nodes ---------------------------------------------------------------------- */
+
+static void node_key(unsigned level, uint64_t index, uint8_t k[9]) {
+  k[0] = (uint8_t)level;
+  mg_be64(index, k + 1);
+}
+
+int mg_lineage_log_get_node(void *ctx, unsigned level, uint64_t index, uint8_t out[MG_HASH_LEN]) {
+  struct mg_lineage_nodes_ctx *c = ctx;
+  uint8_t k[9];
+  node_key(level, index, k);
+  MDB_val key = {9, k}, val;
+  int rc = mdb_get(c->txn, c->log->nodes, &key, &val);
+  if (rc) return rc == MDB_NOTFOUND ? MG_LINEAGE_E_RANGE : mg_lineage_log_err(rc);
+  if (val.mv_size != MG_HASH_LEN) return MG_LINEAGE_E_STORE;
+  memcpy(out, val.mv_data, MG_HASH_LEN);
+  return 0;
+}
+
+int mg_lineage_log_put_node(void *ctx, unsigned level, uint64_t index,
+                            const uint8_t hash[MG_HASH_LEN]) {
+  struct mg_lineage_nodes_ctx *c = ctx;
+  uint8_t k[9];
+  node_key(level, index, k);
+  MDB_val key = {9, k}, val = {MG_HASH_LEN, (void *)hash};
+  int rc = mdb_put(c->txn, c->log->nodes, &key, &val, 0);
+  return rc ? mg_lineage_log_err(rc) : 0;
+}
+
+/* ---- entries ------------------------------------------------------------------ */
+
+int mg_lineage_log_size_txn(struct mg_lineage_log *log, MDB_txn *txn, uint64_t *size) {
+  MDB_cursor *c;
+  MDB_val k, v;
+  int rc = mdb_cursor_open(txn, log->entries, &c);
+  if (rc) return mg_lineage_log_err(rc);
+  rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+  mdb_cursor_close(c);
+  if (rc == MDB_NOTFOUND) {
+    *size = 0;
+    return 0;
+  }
+  if (rc) return mg_lineage_log_err(rc);
+  if (k.mv_size != 8) return MG_LINEAGE_E_STORE;
+  *size = mg_get_be64(k.mv_data) + 1;
+  return 0;
+}
+
+int mg_lineage_log_entry_txn(struct mg_lineage_log *log, MDB_txn *txn, uint64_t index,
+                             const char **line, size_t *len) {
+  uint8_t kb[8];
+  mg_be64(index, kb);
+  MDB_val k = {8, kb}, v;
+  int rc = mdb_get(txn, log->entries, &k, &v);
+  if (rc) return mg_lineage_log_err(rc);
+  *line = v.mv_data;
+  *len = v.mv_size;
+  return 0;
+}
+
+uint64_t mg_lineage_log_size(struct mg_lineage_log *log) {
+  MDB_txn *txn;
+  uint64_t size = 0;
+  if (mg_lineage_log_txn(log, false, &txn)) return 0;
+  mg_lineage_log_size_txn(log, txn, &size);
+  mdb_txn_abort(txn);
+  return size;
+}
+
+int mg_lineage_log_read(struct mg_lineage_log *log, uint64_t from, uint64_t max,
+                        mg_lineage_entry_cb cb, void *arg) {
+  MDB_txn *txn;
+  MDB_cursor *c;
+  uint8_t kb[8];
+  int rc = mg_lineage_log_txn(log, false, &txn);
+  if (rc) return mg_lineage_log_err(rc);
+  if ((rc = mdb_cursor_open(txn, log->entries, &c))) {
+    rc = mg_lineage_log_err(rc);
+    goto out_txn;
+  }
+  mg_be64(from, kb);
+  MDB_val k = {8, kb}, v;
+  int mrc = mdb_cursor_get(c, &k, &v, MDB_SET_KEY);
+  for (uint64_t i = 0; i < max && mrc == 0; i++) {
+    if (k.mv_size != 8 || mg_get_be64(k.mv_data) != from + i) {
+      rc = MG_LINEAGE_E_STORE; /* a gap: never written by the writer */
+      break;
+    }
+    if ((rc = cb(arg, from + i, v.mv_data, v.mv_size))) break;
+    mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+  }
+  if (!rc && mrc && mrc != MDB_NOTFOUND) rc = mg_lineage_log_err(mrc);
+  mdb_cursor_close(c);
+out_txn:
+  mdb_txn_abort(txn);
+  return rc;
+}
+
+/* ---- meta --------------------------------------------------------------------- */
+
+int mg_lineage_log_meta_get_u64(struct mg_lineage_log *log, MDB_txn *txn, const char *key,
+                                uint64_t *v) {
+  MDB_val k = {strlen(key), (void *)key}, d;
+  int rc = mdb_get(txn, log->meta, &k, &d);
+  if (rc) return mg_lineage_log_err(rc);
+  if (d.mv_size != 8) return MG_LINEAGE_E_STORE;
+  *v = mg_get_be64(d.mv_data);
+  return 0;
+}
+
+int mg_lineage_log_meta_put_u64(struct mg_lineage_log *log, MDB_txn *txn, const char *key,
+                                uint64_t v) {
+  uint8_t b[8];
+  mg_be64(v, b);
+  MDB_val k = {strlen(key), (void *)key}, d = {8, b};
+  int rc = mdb_put(txn, log->meta, &k, &d, 0);
+  return rc ? mg_lineage_log_err(rc) : 0;
+}
+
+int mg_lineage_log_meta_get_str(struct mg_lineage_log *log, MDB_txn *txn, const char *key,
+                                char **v) {
+  MDB_val k = {strlen(key), (void *)key}, d;
+  int rc = mdb_get(txn, log->meta, &k, &d);
+  if (rc) return mg_lineage_log_err(rc);
+  char *s = malloc(d.mv_size + 1);
+  if (!s) return -ENOMEM;
+  memcpy(s, d.mv_data, d.mv_size);
+  s[d.mv_size] = 0;
+  *v = s;
+  return 0;
+}
+
+int mg_lineage_log_meta_put_str(struct mg_lineage_log *log, MDB_txn *txn, const char *key,
+                                const char *v) {
+  MDB_val k = {strlen(key), (void *)key}, d = {strlen(v), (void *)v};
+  int rc = mdb_put(txn, log->meta, &k, &d, 0);
+  return rc ? mg_lineage_log_err(rc) : 0;
+}
+
+/* ---- checkpoints -------------------------------------------------------------- */
+
+int mg_lineage_log_checkpoint_txn(struct mg_lineage_log *log, MDB_txn *txn, uint64_t max_size,
+                                  char **note, uint64_t *size) {
+  MDB_cursor *c;
+  uint8_t kb[8];
+  int rc = mdb_cursor_open(txn, log->checkpoints, &c);
+  if (rc) return mg_lineage_log_err(rc);
+  MDB_val k = {8, kb}, v;
+  if (max_size == UINT64_MAX) {
+    rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+  } else {
+    mg_be64(max_size, kb);
+    rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+    if (rc == MDB_NOTFOUND) rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
+    else if (!rc && mg_get_be64(k.mv_data) > max_size) rc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+  }
+  if (rc) {
+    rc = mg_lineage_log_err(rc);
+    goto out;
+  }
+  char *s = malloc(v.mv_size + 1);
+  if (!s) {
+    rc = -ENOMEM;
+    goto out;
+  }
+  memcpy(s, v.mv_data, v.mv_size);
+  s[v.mv_size] = 0;
+  *note = s;
+  if (size) *size = mg_get_be64(k.mv_data);
+out:
+  mdb_cursor_close(c);
+  return rc;
+}
+
+int mg_lineage_log_checkpoint(struct mg_lineage_log *log, uint64_t max_size, char **note,
+                              uint64_t *size) {
+  MDB_txn *txn;
+  int rc = mg_lineage_log_txn(log, false, &txn);
+  if (rc) return mg_lineage_log_err(rc);
+  rc = mg_lineage_log_checkpoint_txn(log, txn, max_size, note, size);
+  mdb_txn_abort(txn);
+  return rc;
+}

@@ -1,0 +1,899 @@
+/*
+ * writer.c — the group-commit writer thread.
+ *
+ * Design: submitters (worker threads, admin) encode their entry into a template on their
+ * own thread (entry.c) and append it to one mutex-protected FIFO. The writer thread takes
+ * everything queued (up to max_group) and writes it in ONE LMDB write transaction: it
+ * assigns indexes (no gaps) and one time per group (never below the previous group's),
+ * splices them in, puts each line, appends its leaf to a copy of the Merkle frontier
+ * (persisting every completed subtree), updates meta, and commits — LMDB fsyncs at
+ * commit. Only then do the done callbacks run. A failed commit aborts: the frontier copy
+ * is dropped, so the in-memory tree never moves past what is on disk (no gap, no repeat);
+ * callbacks get the error and the writer is marked unhealthy until a commit succeeds.
+ *
+ * write-ahead: the writer commits as soon as anything is queued; while one fsync runs the
+ * next group forms by itself. async: it commits when a group is full, when an entry has a
+ * waiter (policy edits), or checkpoint_every_ms after the first queued entry.
+ *
+ * Outcomes name their access entry through a refcounted rec whose index the writer fills
+ * when it assigns it; FIFO order means an outcome is always processed after its access
+ * entry. Denied requests pass a per-address token bucket here (no locks on the workers'
+ * path); over the budget they are counted per (address, reason, decision) and written as
+ * one summary entry per second per key — counts that fail to commit are put back, so
+ * entries + summary counts always equal denies once committed.
+ *
+ * Checkpoints are signed in the group transaction whose entries they cover (so a stored
+ * checkpoint never covers unsynced entries), or in a transaction of their own on the
+ * timer, on demand, at open and at close.
+ */
+#include "lineage/lineage_store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#define DEFAULT_GROUP 1024
+#define DEFAULT_EVERY_MS 1000
+#define BUCKETS 1024
+#define MAX_PEERS 65536
+#define SHIPPER_STOP_MS 5000
+
+struct mg_lineage_rec {
+  atomic_int refs;
+  _Atomic uint64_t index;
+  atomic_int state; /* 0 pending, 1 written, -1 not written */
+};
+
+enum kind { K_ACCESS, K_OUTCOME, K_POLICY, K_SUMMARY };
+
+struct item {
+  struct item *next;
+  uint8_t kind;
+  bool deny, urgent, skip;
+  struct mg_lineage_tmpl t;
+  mg_lineage_done_cb cb;
+  void *arg;
+  struct mg_lineage_rec *rec;
+  char *peer, *reason, *decision; /* denies and summaries; one allocation at peer */
+  uint64_t count;                 /* summaries */
+  uint64_t index;
+};
+
+struct bucket {
+  struct bucket *next;
+  double tokens;
+  int64_t last_us;
+  char peer[];
+};
+
+struct sum {
+  struct sum *next;
+  uint64_t count;
+  int64_t start_us;
+  char *peer, *reason, *decision; /* one allocation at peer */
+};
+
+struct mg_lineage_writer {
+  struct mg_lineage_log *log;
+  struct mg_lineage_reader reader;
+  char *origin, *origin_json;
+  enum mg_lineage_durability durability;
+  int64_t every_us;
+  int deny_per_s;
+  size_t max_group, queue_cap;
+  struct mg_note_signer *signers[1 + 16];
+  size_t nold;
+  char *vkey;
+  bool rotate;
+
+  pthread_t thr;
+  bool started;
+  pthread_mutex_t mu;
+  pthread_cond_t cv, done_cv;
+  /* under mu */
+  struct item *qhead, **qtail;
+  size_t qlen, qurgent;
+  int64_t q_first_us;
+  bool stop;
+  uint64_t cp_req, cp_done;
+  int cp_err;
+  char *cp_note;
+  uint64_t cp_size_pub;
+  struct mg_lineage_stats st;
+  struct mg_shipper *shipper;
+
+  /* writer thread only */
+  struct mg_merkle_frontier fr;
+  int64_t last_time_us;
+  uint64_t cp_size;
+  int64_t last_cp_us;
+  uint64_t shipped_stored;
+  _Atomic uint64_t ship_ack;
+  struct mg_buf line;
+  struct bucket *buckets[BUCKETS];
+  size_t npeers;
+  int64_t last_sweep_us;
+  struct sum *sums;
+};
+
+/* ---- recs ---------------------------------------------------------------------- */
+
+void mg_lineage_rec_unref(struct mg_lineage_rec *rec) {
+  if (rec && atomic_fetch_sub(&rec->refs, 1) == 1) free(rec);
+}
+
+/* ---- queue --------------------------------------------------------------------- */
+
+static void item_free(struct item *it) {
+  mg_lineage_tmpl_clear(&it->t);
+  free(it->peer);
+  mg_lineage_rec_unref(it->rec);
+  free(it);
+}
+
+static int enqueue(struct mg_lineage_writer *w, struct item *it) {
+  pthread_mutex_lock(&w->mu);
+  if (w->stop) {
+    pthread_mutex_unlock(&w->mu);
+    return MG_LINEAGE_E_CLOSED;
+  }
+  if (w->qlen >= w->queue_cap) {
+    pthread_mutex_unlock(&w->mu);
+    return MG_LINEAGE_E_FULL;
+  }
+  it->next = NULL;
+  *w->qtail = it;
+  w->qtail = &it->next;
+  w->qlen++;
+  if (it->urgent) w->qurgent++;
+  bool wake;
+  if (w->qlen == 1) {
+    w->q_first_us = mg_mono_now_us();
+    wake = w->durability == MG_LINEAGE_WRITE_AHEAD || it->urgent;
+  } else {
+    wake = (it->urgent && w->qurgent == 1) || w->qlen == w->max_group;
+  }
+  if (wake) pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  return 0;
+}
+
+/* "ip:port" -> "ip", "[v6]:port" -> "[v6]"; the budget is per client address. */
+static size_t addr_len(const char *peer) {
+  if (peer[0] == '[') {
+    const char *e = strchr(peer, ']');
+    return e ? (size_t)(e - peer) + 1 : strlen(peer);
+  }
+  const char *c = strchr(peer, ':');
+  if (c && !strchr(c + 1, ':')) return (size_t)(c - peer);
+  return strlen(peer);
+}
+
+/* One allocation holding three NUL-terminated strings. */
+static char *strs3(const char *a, size_t an, const char *b, const char *c, char **pb, char **pc) {
+  size_t bn = strlen(b), cn = strlen(c);
+  char *p = malloc(an + bn + cn + 3);
+  if (!p) return NULL;
+  memcpy(p, a, an);
+  p[an] = 0;
+  *pb = p + an + 1;
+  memcpy(*pb, b, bn + 1);
+  *pc = *pb + bn + 1;
+  memcpy(*pc, c, cn + 1);
+  return p;
+}
+
+int mg_lineage_submit_access(struct mg_lineage_writer *w, const struct mg_lineage_access *a,
+                             mg_lineage_done_cb cb, void *arg, struct mg_lineage_rec **out_rec) {
+  struct item *it;
+  struct mg_lineage_rec *rec = NULL;
+  int rc;
+  if (out_rec) *out_rec = NULL;
+  if (!w || !a) return MG_ERR_INVALID;
+  if (!(it = calloc(1, sizeof *it))) return -ENOMEM;
+  it->kind = K_ACCESS;
+  it->cb = cb;
+  it->arg = arg;
+  it->urgent = cb != NULL;
+  if ((rc = mg_lineage_tmpl_access(a, w->origin_json, &it->t))) goto fail_item;
+  it->deny = !a->decision || strcmp(a->decision, "allow") != 0;
+  if (it->deny) {
+    const char *peer = a->peer ? a->peer : "unknown";
+    it->peer = strs3(peer, addr_len(peer), a->reason ? a->reason : "",
+                     a->decision ? a->decision : "", &it->reason, &it->decision);
+    if (!it->peer) {
+      rc = -ENOMEM;
+      goto fail_tmpl;
+    }
+  }
+  if (out_rec) {
+    if (!(rec = calloc(1, sizeof *rec))) {
+      rc = -ENOMEM;
+      goto fail_tmpl;
+    }
+    atomic_init(&rec->refs, 2);
+    atomic_init(&rec->index, UINT64_MAX);
+    atomic_init(&rec->state, 0);
+    it->rec = rec;
+  }
+  if ((rc = enqueue(w, it))) goto fail_rec;
+  if (out_rec) *out_rec = rec;
+  return 0;
+fail_rec:
+  free(rec);
+  it->rec = NULL;
+fail_tmpl:
+  free(it->peer);
+  mg_lineage_tmpl_clear(&it->t);
+fail_item:
+  free(it);
+  return rc;
+}
+
+int mg_lineage_submit_outcome(struct mg_lineage_writer *w, struct mg_lineage_rec *take_rec,
+                              const struct mg_lineage_outcome *o) {
+  struct item *it;
+  int rc;
+  if (!w || !take_rec || !o) {
+    mg_lineage_rec_unref(take_rec);
+    return MG_ERR_INVALID;
+  }
+  if (!(it = calloc(1, sizeof *it))) {
+    rc = -ENOMEM;
+    goto fail;
+  }
+  it->kind = K_OUTCOME;
+  it->rec = take_rec;
+  if ((rc = mg_lineage_tmpl_outcome(o, w->origin_json, &it->t))) goto fail_item;
+  if ((rc = enqueue(w, it))) goto fail_tmpl;
+  return 0;
+fail_tmpl:
+  mg_lineage_tmpl_clear(&it->t);
+fail_item:
+  free(it);
+fail:
+  mg_lineage_rec_unref(take_rec);
+  return rc;
+}
+
+int mg_lineage_submit_policy(struct mg_lineage_writer *w, const struct mg_lineage_policy_write *p,
+                             mg_lineage_done_cb cb, void *arg) {
+  struct item *it;
+  int rc;
+  if (!w || !p) return MG_ERR_INVALID;
+  if (!(it = calloc(1, sizeof *it))) return -ENOMEM;
+  it->kind = K_POLICY;
+  it->cb = cb;
+  it->arg = arg;
+  it->urgent = cb != NULL;
+  if ((rc = mg_lineage_tmpl_policy(p, w->origin_json, &it->t))) goto fail_item;
+  if ((rc = enqueue(w, it))) goto fail_tmpl;
+  return 0;
+fail_tmpl:
+  mg_lineage_tmpl_clear(&it->t);
+fail_item:
+  free(it);
+  return rc;
+}
+
+/* ---- deny budget and summaries (writer thread) ----------------------------------- */
+
+static struct bucket **bucket_find(struct mg_lineage_writer *w, const char *peer) {
+  struct bucket **p = &w->buckets[mg_hash64(peer, strlen(peer)) % BUCKETS];
+  for (; *p; p = &(*p)->next)
+    if (strcmp((*p)->peer, peer) == 0) break;
+  return p;
+}
+
+/* True when the deny may be written as its own entry. */
+static bool deny_budget(struct mg_lineage_writer *w, const char *peer, int64_t now) {
+  if (w->deny_per_s <= 0) return false;
+  struct bucket **p = bucket_find(w, peer);
+  if (!*p && w->npeers >= MAX_PEERS) p = bucket_find(w, "other");
+  if (!*p) {
+    const char *name = w->npeers >= MAX_PEERS ? "other" : peer;
+    struct bucket *b = malloc(sizeof *b + strlen(name) + 1);
+    if (!b) return false; /* counted into a summary instead: still accounted */
+    strcpy(b->peer, name);
+    b->tokens = w->deny_per_s;
+    b->last_us = now;
+    b->next = NULL;
+    *p = b;
+    w->npeers++;
+  }
+  struct bucket *b = *p;
+  double rate = w->deny_per_s;
+  b->tokens += (double)(now - b->last_us) * rate / 1e6;
+  if (b->tokens > rate) b->tokens = rate;
+  b->last_us = now;
+  if (b->tokens >= 1.0) {
+    b->tokens -= 1.0;
+    return true;
+  }
+  return false;
+}
+
+/* An idle bucket is full again after one second: forgetting it changes nothing. */
+static void sweep(struct mg_lineage_writer *w, int64_t now) {
+  if (now - w->last_sweep_us < 1000000) return;
+  w->last_sweep_us = now;
+  for (size_t i = 0; i < BUCKETS; i++)
+    for (struct bucket **p = &w->buckets[i]; *p;) {
+      if (now - (*p)->last_us >= 1000000) {
+        struct bucket *d = *p;
+        *p = d->next;
+        free(d);
+        w->npeers--;
+      } else {
+        p = &(*p)->next;
+      }
+    }
+}
+
+static int sum_add(struct mg_lineage_writer *w, const char *peer, const char *reason,
+                   const char *decision, uint64_t count, int64_t now) {
+  for (struct sum *s = w->sums; s; s = s->next)
+    if (!strcmp(s->peer, peer) && !strcmp(s->reason, reason) && !strcmp(s->decision, decision)) {
+      s->count += count;
+      return 0;
+    }
+  struct sum *s = calloc(1, sizeof *s);
+  if (!s || !(s->peer = strs3(peer, strlen(peer), reason, decision, &s->reason, &s->decision))) {
+    free(s);
+    mg_error("lineage: out of memory: %" PRIu64 " denies of %s not recorded", count, peer);
+    return -ENOMEM;
+  }
+  s->count = count;
+  s->start_us = now;
+  s->next = w->sums;
+  w->sums = s;
+  return 0;
+}
+
+/* Moves due summaries (all of them when `all`) into items appended at *tail. */
+static struct item **take_sums(struct mg_lineage_writer *w, int64_t now, bool all,
+                               struct item **tail, size_t *n) {
+  for (struct sum **p = &w->sums; *p;) {
+    struct sum *s = *p;
+    if (!all && now - s->start_us < 1000000) {
+      p = &s->next;
+      continue;
+    }
+    struct item *it = calloc(1, sizeof *it);
+    if (!it || mg_lineage_tmpl_summary(s->peer, s->decision, s->reason, s->count,
+                                       w->origin_json, &it->t)) {
+      free(it);
+      break; /* stays queued in the map */
+    }
+    it->kind = K_SUMMARY;
+    it->count = s->count;
+    it->peer = s->peer;
+    it->reason = s->reason;
+    it->decision = s->decision;
+    *p = s->next;
+    free(s);
+    *tail = it;
+    tail = &it->next;
+    (*n)++;
+  }
+  return tail;
+}
+
+static int64_t sums_next_due(struct mg_lineage_writer *w) {
+  int64_t d = INT64_MAX;
+  for (struct sum *s = w->sums; s; s = s->next)
+    if (s->start_us + 1000000 < d) d = s->start_us + 1000000;
+  return d;
+}
+
+/* ---- checkpoints ----------------------------------------------------------------- */
+
+static int sign(struct mg_lineage_writer *w, const struct mg_merkle_frontier *fr, char **note) {
+  uint8_t root[MG_HASH_LEN];
+  mg_merkle_frontier_root(fr, root);
+  char *body = mg_checkpoint_format(w->origin, fr->size, root);
+  if (!body) return -ENOMEM;
+  int rc = mg_note_sign(body, strlen(body), w->signers, 1 + (w->rotate ? w->nold : 0), note);
+  free(body);
+  return rc;
+}
+
+static int put_checkpoint(struct mg_lineage_writer *w, MDB_txn *txn, uint64_t size,
+                          const char *note) {
+  uint8_t kb[8];
+  mg_be64(size, kb);
+  MDB_val k = {8, kb}, v = {strlen(note), (void *)note};
+  int rc = mdb_put(txn, w->log->checkpoints, &k, &v, 0);
+  if (rc) return mg_lineage_log_err(rc);
+  if (w->rotate) return mg_lineage_log_meta_put_str(w->log, txn, "key", w->vkey);
+  return 0;
+}
+
+/* ---- one group -------------------------------------------------------------------- */
+
+/* Writes the items of `list` (and due summaries) in one transaction, signing a checkpoint
+ * when want_cp or due. Frees the list. Returns the commit's status (0 when nothing was
+ * to be done). */
+static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_cp, bool all_sums) {
+  int64_t mono = mg_mono_now_us(), now = mg_time_now_us();
+  struct item **tail = &list, *it;
+  size_t n = 0, nwrite = 0, nsum = 0;
+  MDB_txn *txn = NULL;
+  char *note = NULL;
+  int rc = 0, mrc;
+
+  /* decide what is written: budget for denies, drop outcomes of unwritten entries */
+  for (it = list; it; it = it->next, n++) {
+    tail = &it->next;
+    it->index = UINT64_MAX;
+    if (it->kind == K_ACCESS && it->deny && !deny_budget(w, it->peer, mono)) {
+      it->skip = true;
+      sum_add(w, it->peer, it->reason, it->decision, 1, mono);
+    } else if (it->kind == K_OUTCOME && atomic_load(&it->rec->state) != 1) {
+      it->skip = true;
+      mg_warn("lineage: outcome dropped: its access entry was not written");
+    }
+    if (!it->skip) nwrite++;
+  }
+  size_t before = n;
+  tail = take_sums(w, mono, all_sums, tail, &n);
+  nsum = n - before;
+  nwrite += nsum;
+  sweep(w, mono);
+
+  struct mg_merkle_frontier fr = w->fr;
+  uint64_t first = fr.size;
+  int64_t t = now > w->last_time_us ? now : w->last_time_us;
+  uint64_t ship = atomic_load(&w->ship_ack);
+  bool cp = fr.size + nwrite > w->cp_size &&
+            (want_cp || mono - w->last_cp_us >= w->every_us);
+  if (!nwrite && !cp && ship <= w->shipped_stored) goto callbacks;
+
+  char ts[MG_RFC3339_LEN];
+  size_t tl = mg_time_format_rfc3339(t, ts);
+  if ((mrc = mg_lineage_log_txn(w->log, true, &txn))) {
+    rc = mg_lineage_log_err(mrc);
+    goto failed;
+  }
+  struct mg_lineage_nodes_ctx nc = {w->log, txn};
+  for (it = list; it; it = it->next) {
+    if (it->skip) continue;
+    uint64_t idx = fr.size, of = 0;
+    if (it->kind == K_OUTCOME) of = atomic_load(&it->rec->index);
+    mg_buf_reset(&w->line);
+    if ((rc = mg_lineage_tmpl_finish(&it->t, idx, of, ts, tl, &w->line))) goto abort;
+    uint8_t leaf[MG_HASH_LEN], kb[8];
+    mg_merkle_leaf_hash(w->line.data, w->line.len, leaf);
+    mg_be64(idx, kb);
+    MDB_val k = {8, kb}, v = {w->line.len, w->line.data};
+    if ((mrc = mdb_put(txn, w->log->entries, &k, &v, MDB_APPEND))) {
+      rc = mg_lineage_log_err(mrc);
+      goto abort;
+    }
+    if ((rc = mg_merkle_frontier_append(&fr, leaf, mg_lineage_log_put_node, &nc))) goto abort;
+    it->index = idx;
+    if (it->kind == K_ACCESS && it->rec) atomic_store(&it->rec->index, idx);
+  }
+  if (nwrite && ((rc = mg_lineage_log_meta_put_u64(w->log, txn, "size", fr.size)) ||
+                 (rc = mg_lineage_log_meta_put_u64(w->log, txn, "last_time_us", (uint64_t)t))))
+    goto abort;
+  if (ship > w->shipped_stored &&
+      (rc = mg_lineage_log_meta_put_u64(w->log, txn, "shipped", ship)))
+    goto abort;
+  if (cp && ((rc = sign(w, &fr, &note)) || (rc = put_checkpoint(w, txn, fr.size, note))))
+    goto abort;
+  int64_t c0 = mg_mono_now_us();
+  mrc = mdb_txn_commit(txn);
+  txn = NULL;
+  int64_t c1 = mg_mono_now_us();
+  if (mrc) {
+    rc = mg_lineage_log_err(mrc);
+    goto failed;
+  }
+
+  /* committed */
+  w->fr = fr;
+  if (nwrite) w->last_time_us = t;
+  if (ship > w->shipped_stored) w->shipped_stored = ship;
+  if (cp) {
+    w->cp_size = fr.size;
+    w->last_cp_us = mono;
+    w->rotate = false;
+  }
+  for (it = list; it; it = it->next)
+    if (it->kind == K_ACCESS && it->rec) atomic_store(&it->rec->state, it->skip ? -1 : 1);
+  pthread_mutex_lock(&w->mu);
+  w->st.size = fr.size;
+  w->st.commits++;
+  w->st.fsync_us_total += (uint64_t)(c1 - c0);
+  w->st.entries_total += nwrite;
+  w->st.summaries_total += nsum;
+  w->st.healthy = true;
+  if (cp) {
+    free(w->cp_note);
+    w->cp_note = note;
+    w->cp_size_pub = fr.size;
+    w->st.checkpoint_size = fr.size;
+    note = NULL;
+  }
+  struct mg_shipper *sh = w->shipper;
+  pthread_mutex_unlock(&w->mu);
+  if (sh && nwrite) mg_shipper_notify_group(sh, first, fr.size - 1);
+  if (sh && cp) {
+    pthread_mutex_lock(&w->mu);
+    char *cn = w->cp_note ? strdup(w->cp_note) : NULL;
+    pthread_mutex_unlock(&w->mu);
+    if (cn) mg_shipper_notify_checkpoint(sh, fr.size, cn);
+    free(cn);
+  }
+  rc = 0;
+  goto callbacks;
+
+abort:
+  mdb_txn_abort(txn);
+failed:
+  free(note);
+  note = NULL;
+  mg_error("lineage: commit of %zu entries failed: %s", nwrite, mg_strerror(rc));
+  for (it = list; it; it = it->next) {
+    if (it->kind == K_ACCESS && it->rec) atomic_store(&it->rec->state, -1);
+    if (it->kind == K_SUMMARY) sum_add(w, it->peer, it->reason, it->decision, it->count, mono);
+    if (!it->skip) it->index = UINT64_MAX;
+  }
+  pthread_mutex_lock(&w->mu);
+  w->st.healthy = false;
+  w->st.last_error = rc;
+  pthread_mutex_unlock(&w->mu);
+
+callbacks:
+  while (list) {
+    it = list;
+    list = it->next;
+    if (it->cb) it->cb(it->arg, it->skip ? 0 : rc, it->index);
+    item_free(it);
+  }
+  free(note);
+  return rc;
+}
+
+/* ---- the thread ------------------------------------------------------------------- */
+
+static void *writer_main(void *arg) {
+  struct mg_lineage_writer *w = arg;
+  pthread_mutex_lock(&w->mu);
+  for (;;) {
+    bool cpreq, cp_due, sum_due, ready;
+    for (;;) {
+      int64_t mono = mg_mono_now_us();
+      cpreq = w->cp_req != w->cp_done;
+      ready = w->qlen > 0 &&
+              (w->durability == MG_LINEAGE_WRITE_AHEAD || w->qurgent || w->qlen >= w->max_group ||
+               mono - w->q_first_us >= w->every_us || w->stop || cpreq);
+      cp_due = w->fr.size > w->cp_size && mono - w->last_cp_us >= w->every_us;
+      int64_t sdue = sums_next_due(w);
+      sum_due = sdue <= mono;
+      if (ready || cpreq || cp_due || sum_due || w->stop) break;
+      int64_t dl = sdue;
+      if (w->qlen && w->q_first_us + w->every_us < dl) dl = w->q_first_us + w->every_us;
+      if (w->fr.size > w->cp_size && w->last_cp_us + w->every_us < dl)
+        dl = w->last_cp_us + w->every_us;
+      if (dl == INT64_MAX) {
+        pthread_cond_wait(&w->cv, &w->mu);
+      } else {
+        /* the condvar uses CLOCK_MONOTONIC (set at init) */
+        struct timespec ts = {(time_t)(dl / 1000000), (long)(dl % 1000000) * 1000};
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+      }
+    }
+    struct item *list = NULL, **tail = &list;
+    size_t n = 0;
+    if (ready) {
+      while (w->qhead && n < w->max_group) {
+        struct item *it = w->qhead;
+        w->qhead = it->next;
+        if (it->urgent) w->qurgent--;
+        *tail = it;
+        tail = &it->next;
+        n++;
+      }
+      *tail = NULL;
+      if (!w->qhead) w->qtail = &w->qhead;
+      w->qlen -= n;
+      if (w->qlen) w->q_first_us = mg_mono_now_us();
+    }
+    bool more = w->qlen > 0, stop = w->stop;
+    uint64_t gen = w->cp_req;
+    pthread_mutex_unlock(&w->mu);
+
+    bool final = stop && !more;
+    int rc = run_group(w, list, cp_due || (cpreq && !more) || final, final);
+
+    pthread_mutex_lock(&w->mu);
+    if (cpreq && !more) {
+      w->cp_err = rc;
+      w->cp_done = gen;
+      pthread_cond_broadcast(&w->done_cv);
+    }
+    if (final && !w->qlen && !w->sums) break;
+    if (final && rc) break; /* cannot write what is left; callbacks already told */
+  }
+  /* nobody may wait forever on a closed writer */
+  w->cp_done = w->cp_req;
+  pthread_cond_broadcast(&w->done_cv);
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
+/* ---- open / close ------------------------------------------------------------------- */
+
+static int last_time(const char *line, size_t len, int64_t *out) {
+  json_t *j = json_loadb(line, len, 0, NULL);
+  json_t *t = j ? json_object_get(j, "time") : NULL;
+  int rc = MG_LINEAGE_E_FORMAT;
+  if (json_is_string(t))
+    rc = mg_time_parse_rfc3339(json_string_value(t), json_string_length(t), out);
+  json_decref(j);
+  return rc;
+}
+
+static int recover(struct mg_lineage_writer *w) {
+  MDB_txn *txn;
+  char *s = NULL;
+  uint64_t size = 0, v = 0;
+  int rc = mg_lineage_log_txn(w->log, true, &txn);
+  if (rc) return mg_lineage_log_err(rc);
+  struct mg_lineage_nodes_ctx nc = {w->log, txn};
+  if ((rc = mg_lineage_log_size_txn(w->log, txn, &size))) goto abort;
+  if ((rc = mg_merkle_frontier_load(&w->fr, size, mg_lineage_log_get_node, &nc))) {
+    mg_error("lineage log: stored subtree hashes do not cover %" PRIu64 " entries", size);
+    goto abort;
+  }
+  if (size) {
+    const char *line;
+    size_t len;
+    int64_t t = 0;
+    if ((rc = mg_lineage_log_entry_txn(w->log, txn, size - 1, &line, &len))) goto abort;
+    if (last_time(line, len, &t) == 0) w->last_time_us = t;
+  }
+  if (mg_lineage_log_meta_get_u64(w->log, txn, "last_time_us", &v) == 0 &&
+      (int64_t)v > w->last_time_us)
+    w->last_time_us = (int64_t)v;
+  if (mg_lineage_log_meta_get_u64(w->log, txn, "shipped", &v) == 0) {
+    w->shipped_stored = v;
+    atomic_store(&w->ship_ack, v);
+  }
+  rc = mg_lineage_log_meta_get_str(w->log, txn, "origin", &s);
+  if (rc == 0 && strcmp(s, w->origin) != 0) {
+    mg_error("lineage log belongs to origin \"%s\", the configuration says \"%s\"", s, w->origin);
+    rc = MG_LINEAGE_E_FOREIGN;
+    goto abort;
+  }
+  if (rc == MG_ERR_NOTFOUND) rc = mg_lineage_log_meta_put_str(w->log, txn, "origin", w->origin);
+  if (rc) goto abort;
+  free(s);
+  s = NULL;
+  rc = mg_lineage_log_meta_get_str(w->log, txn, "key", &s);
+  if (rc == 0 && strcmp(s, w->vkey) != 0) {
+    bool known = false;
+    for (size_t i = 0; i < w->nold; i++) {
+      char *ov = mg_note_signer_vkey(w->signers[1 + i]);
+      if (ov && strcmp(ov, s) == 0) known = true;
+      free(ov);
+    }
+    if (!known)
+      mg_warn("lineage: the signing key changed and the previous key (%s) is not among the old "
+              "signing keys: the first checkpoint of the new key is not co-signed by it", s);
+    w->rotate = true;
+  } else if (rc == MG_ERR_NOTFOUND) {
+    rc = 0;
+    w->rotate = true; /* new log: record the key with its first checkpoint (or now) */
+  } else if (rc) {
+    goto abort;
+  }
+  if (w->rotate && size == 0) {
+    if ((rc = mg_lineage_log_meta_put_str(w->log, txn, "key", w->vkey))) goto abort;
+    w->rotate = false;
+  }
+  rc = mg_lineage_log_checkpoint_txn(w->log, txn, UINT64_MAX, &w->cp_note, &w->cp_size);
+  if (rc == MG_ERR_NOTFOUND) rc = 0;
+  if (rc) goto abort;
+  w->cp_size_pub = w->cp_size;
+  if ((rc = mdb_txn_commit(txn))) return mg_lineage_log_err(rc);
+  free(s);
+  return 0;
+abort:
+  free(s);
+  mdb_txn_abort(txn);
+  return rc;
+}
+
+int mg_lineage_writer_open(const struct mg_lineage_config *cfg, struct mg_lineage_writer **out) {
+  struct mg_lineage_writer *w;
+  struct mg_buf ob;
+  pthread_condattr_t ca;
+  int rc;
+  if (!cfg || !out || !cfg->db || !cfg->origin || !cfg->origin[0] || !cfg->signing_key ||
+      !mg_utf8_valid(cfg->origin, strlen(cfg->origin)) || cfg->nold_signing_keys > 16)
+    return MG_ERR_INVALID;
+  if (!(w = calloc(1, sizeof *w))) return -ENOMEM;
+  w->durability = cfg->durability;
+  w->every_us = (int64_t)(cfg->checkpoint_every_ms > 0 ? cfg->checkpoint_every_ms : DEFAULT_EVERY_MS) * 1000;
+  w->deny_per_s = cfg->deny_entries_per_s;
+  w->max_group = cfg->max_group ? cfg->max_group : DEFAULT_GROUP;
+  w->queue_cap = MG_MAX((size_t)65536, 16 * w->max_group);
+  w->qtail = &w->qhead;
+  w->st.healthy = true;
+  mg_buf_init(&w->line);
+  mg_buf_init(&ob);
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&w->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  pthread_cond_init(&w->done_cv, NULL);
+  if (!(w->origin = strdup(cfg->origin)) || mg_buf_append_json_str(&ob, w->origin, strlen(w->origin))) {
+    rc = -ENOMEM;
+    goto fail_alloc;
+  }
+  w->origin_json = mg_buf_steal(&ob);
+  if ((rc = mg_note_signer_load(cfg->signing_key, w->origin, &w->signers[0]))) {
+    mg_error("lineage: signing key %s: %s", cfg->signing_key, mg_strerror(rc));
+    goto fail_alloc;
+  }
+  for (size_t i = 0; i < cfg->nold_signing_keys; i++, w->nold++)
+    if ((rc = mg_note_signer_load(cfg->old_signing_keys[i], w->origin, &w->signers[1 + i]))) {
+      mg_error("lineage: old signing key %s: %s", cfg->old_signing_keys[i], mg_strerror(rc));
+      goto fail_keys;
+    }
+  if (!(w->vkey = mg_note_signer_vkey(w->signers[0]))) {
+    rc = -ENOMEM;
+    goto fail_keys;
+  }
+  if ((rc = mg_lineage_log_open(cfg->db, cfg->map_size_mb, false, &w->log))) goto fail_keys;
+  w->reader.log = w->log;
+  w->reader.owned = false;
+  if ((rc = recover(w))) goto fail_log;
+  w->st.size = w->fr.size;
+  w->st.checkpoint_size = w->cp_size;
+  w->last_cp_us = mg_mono_now_us();
+  if (w->fr.size > w->cp_size || (w->rotate && w->fr.size > 0)) {
+    int crc = run_group(w, NULL, true, false);
+    if (crc) mg_warn("lineage: checkpoint at open failed: %s", mg_strerror(crc));
+  }
+  if ((rc = pthread_create(&w->thr, NULL, writer_main, w))) {
+    rc = -rc;
+    goto fail_sync;
+  }
+  w->started = true;
+  *out = w;
+  return 0;
+fail_sync:
+fail_log:
+  mg_lineage_log_close(w->log);
+fail_keys:
+  for (size_t i = 0; i <= w->nold; i++) mg_note_signer_free(w->signers[i]);
+  free(w->vkey);
+fail_alloc:
+  pthread_cond_destroy(&w->cv);
+  pthread_cond_destroy(&w->done_cv);
+  pthread_mutex_destroy(&w->mu);
+  mg_buf_clear(&ob);
+  free(w->cp_note);
+  free(w->origin);
+  free(w->origin_json);
+  mg_buf_clear(&w->line);
+  free(w);
+  return rc;
+}
+
+void mg_lineage_writer_close(struct mg_lineage_writer *w) {
+  if (!w) return;
+  pthread_mutex_lock(&w->mu);
+  w->stop = true;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  pthread_join(w->thr, NULL);
+  if (w->shipper) mg_shipper_stop(w->shipper, SHIPPER_STOP_MS);
+  /* whatever the final commit could not write */
+  while (w->qhead) {
+    struct item *it = w->qhead;
+    w->qhead = it->next;
+    if (it->kind == K_ACCESS && it->rec) atomic_store(&it->rec->state, -1);
+    if (it->cb) it->cb(it->arg, MG_LINEAGE_E_CLOSED, UINT64_MAX);
+    item_free(it);
+  }
+  while (w->sums) {
+    struct sum *s = w->sums;
+    w->sums = s->next;
+    mg_error("lineage: %" PRIu64 " denies of %s (%s) not recorded at close", s->count, s->peer,
+             s->reason);
+    free(s->peer);
+    free(s);
+  }
+  for (size_t i = 0; i < BUCKETS; i++)
+    while (w->buckets[i]) {
+      struct bucket *b = w->buckets[i];
+      w->buckets[i] = b->next;
+      free(b);
+    }
+  mg_lineage_log_close(w->log);
+  for (size_t i = 0; i <= w->nold; i++) mg_note_signer_free(w->signers[i]);
+  pthread_cond_destroy(&w->cv);
+  pthread_cond_destroy(&w->done_cv);
+  pthread_mutex_destroy(&w->mu);
+  free(w->vkey);
+  free(w->cp_note);
+  free(w->origin);
+  free(w->origin_json);
+  mg_buf_clear(&w->line);
+  free(w);
+}
+
+/* ---- queries ----------------------------------------------------------------------- */
+
+int mg_lineage_checkpoint_now(struct mg_lineage_writer *w, char **note_out) {
+  int rc;
+  if (!w || !note_out) return MG_ERR_INVALID;
+  *note_out = NULL;
+  pthread_mutex_lock(&w->mu);
+  if (w->stop) {
+    pthread_mutex_unlock(&w->mu);
+    return MG_LINEAGE_E_CLOSED;
+  }
+  uint64_t gen = ++w->cp_req;
+  pthread_cond_signal(&w->cv);
+  while (w->cp_done < gen) pthread_cond_wait(&w->done_cv, &w->mu);
+  rc = w->cp_err;
+  if (!rc && !w->cp_note) rc = MG_ERR_NOTFOUND;
+  if (!rc && !(*note_out = strdup(w->cp_note))) rc = -ENOMEM;
+  pthread_mutex_unlock(&w->mu);
+  return rc;
+}
+
+void mg_lineage_writer_stats(struct mg_lineage_writer *w, struct mg_lineage_stats *out) {
+  pthread_mutex_lock(&w->mu);
+  *out = w->st;
+  out->queue_len = w->qlen;
+  struct mg_shipper *sh = w->shipper;
+  pthread_mutex_unlock(&w->mu);
+  if (sh) {
+    uint64_t acked = 0;
+    bool conn = false;
+    mg_shipper_stats(sh, &acked, &conn);
+    out->shipped = acked;
+    out->nats_connected = conn;
+    out->backlog = out->size > acked ? out->size - acked : 0;
+  }
+}
+
+const char *mg_lineage_writer_origin(const struct mg_lineage_writer *w) { return w->origin; }
+
+struct mg_lineage_reader *mg_lineage_writer_reader(struct mg_lineage_writer *w) {
+  return w ? &w->reader : NULL;
+}
+
+/* ---- shipper hooks (lineage_int.h "store additions") -------------------------------- */
+
+struct mg_lineage_log *mg_lineage_writer_log(struct mg_lineage_writer *w) { return w->log; }
+
+uint64_t mg_lineage_writer_shipped(struct mg_lineage_writer *w) {
+  return atomic_load(&w->ship_ack);
+}
+
+void mg_lineage_writer_attach_shipper(struct mg_lineage_writer *w, struct mg_shipper *s) {
+  pthread_mutex_lock(&w->mu);
+  w->shipper = s;
+  pthread_mutex_unlock(&w->mu);
+}
+
+void mg_lineage_writer_ack(void *arg, uint64_t upto) {
+  struct mg_lineage_writer *w = arg;
+  uint64_t cur = atomic_load(&w->ship_ack);
+  while (upto > cur && !atomic_compare_exchange_weak(&w->ship_ack, &cur, upto)) {
+  }
+}
