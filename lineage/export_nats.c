@@ -264,7 +264,8 @@ static int emit(struct osec *sec, FILE *out) {
   int rc = 0;
 
   /* bodies still waiting: a gap, unless nothing came before them (aged-out head) */
-  qsort(sec->pend, sec->npend, sizeof *sec->pend, cmp_pend);
+  if (sec->npend)
+    qsort(sec->pend, sec->npend, sizeof *sec->pend, cmp_pend);
   if (!sec->any && sec->npend) {
     struct pend p0 = sec->pend[0];
     memmove(&sec->pend[0], &sec->pend[1], (sec->npend - 1) * sizeof *sec->pend);
@@ -282,7 +283,8 @@ static int emit(struct osec *sec, FILE *out) {
   if (sec->dups)
     mg_warn("lineage export: origin %s: %" PRIu64 " entries are in the stream twice "
             "(exported once)", sec->origin, sec->dups);
-  qsort(sec->cps, sec->ncps, sizeof *sec->cps, cmp_cp);
+  if (sec->ncps)
+    qsort(sec->cps, sec->ncps, sizeof *sec->cps, cmp_cp);
   uint64_t cover = 0;
   for (size_t i = 0; i < sec->ncps; i++)
     if (sec->cps[i].size > sec->base && sec->cps[i].size <= sec->next)
@@ -413,7 +415,8 @@ int mg_lineage_export_nats(const char *url, const char *stream, const char *orig
     if (rc)
       goto out;
   }
-  qsort(x.secs, x.nsecs, sizeof *x.secs, cmp_sec);
+  if (x.nsecs)
+    qsort(x.secs, x.nsecs, sizeof *x.secs, cmp_sec);
   for (size_t i = 0; i < x.nsecs && !rc; i++)
     rc = emit(&x.secs[i], out);
   if (!rc && fflush(out))

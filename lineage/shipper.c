@@ -768,7 +768,8 @@ static int resync(struct mg_shipper *s) {
   }
 
   /* contiguous end from P, the holes, and the highest index held */
-  qsort(c.v, c.n, sizeof *c.v, cmp_range);
+  if (c.n)
+    qsort(c.v, c.n, sizeof *c.v, cmp_range);
   end = base_p;
   for (size_t i = 0; i < c.n; i++)
     if (c.v[i].last + 1 > end && c.v[i].first <= end)
