@@ -116,4 +116,23 @@ void mg_server_stats(struct mg_server *s, struct mg_server_stats *out);
  * is 0; every worker's listener shares it). Any thread. */
 int mg_server_port(const struct mg_server *s);
 
+/* Transport behaviour the pipeline can rely on (sidecar/conn.c, upstream*.c):
+ *  - Answered by the transport without calling mg_pipeline_on_request (and so without
+ *    mg_pipeline_on_close): header list over max_header_list_bytes -> 431, two or more
+ *    authorization fields -> 400, CONNECT (no :path) -> 405; streams beyond
+ *    max_concurrent_streams are refused by nghttp2 (REFUSED_STREAM / PROTOCOL_ERROR).
+ *  - mg_pipeline_on_close runs exactly once for every request that reached
+ *    mg_pipeline_on_request, also when the connection dies or the server stops.
+ *  - mg_req_respond after response headers went downstream is ignored; a second
+ *    mg_req_forward returns MG_ERR_INVALID.
+ *  - mg_worker_post callbacks queued when the worker stops still run once, during
+ *    mg_server_free (on the calling thread); mg_worker_find_req() then returns NULL.
+ *  - Retries: an upstream h2 stream refused (REFUSED_STREAM / above a GOAWAY) before any
+ *    body byte left, or a body-less request on a reused HTTP/1.1 keep-alive connection
+ *    that died without a response byte, is tried once more on another connection.
+ *  - Timers: 10 s to finish the preface / TLS handshake / a header block (else the
+ *    connection closes); idle_timeout_s without requests closes a connection (PINGs do
+ *    not count); a stream whose client neither sends the body it owes nor reads the
+ *    response for idle_timeout_s is reset (CANCEL). */
+
 #endif /* MG_SIDECAR_PROXY_H */
