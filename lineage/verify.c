@@ -129,6 +129,9 @@ struct origin {
   long cons_line;
   uint64_t empty_cp_size;   /* checkpoint of size > 0 seen with no entries at all */
   long empty_cp_line;
+  bool deferred;            /* first entry not at 0: reported at its checkpoint or the end, */
+  uint64_t def_found;       /* so that the origin an entry was moved OUT of is named first */
+  long def_line;
 };
 
 struct held {               /* the entry whose proof line may follow */
@@ -249,7 +252,14 @@ static int full_entry(struct vstate *s, struct held *e) {
     o->started = true;
     o->start = o->next = o->cp_size = 0;
   }
+  if (o->deferred) return 0;
   if (e->index != o->next) {
+    if (o->next == 0 && o->npending == 0 && !o->have_cp) {
+      o->deferred = true;
+      o->def_found = e->index;
+      o->def_line = e->line;
+      return 0;
+    }
     if (e->index > o->next)
       return fail(s, MG_LINEAGE_E_VERIFY, e->line, o->next,
                   "entry %" PRIu64 ": missing, index %" PRIu64 " found instead (deleted or reordered entry)",
@@ -437,9 +447,16 @@ static int root_mismatch(struct vstate *s, struct origin *o, uint64_t size, cons
               " (edited, inserted or reordered entry)", from, size ? size - 1 : 0, size);
 }
 
+static int deferred_fail(struct vstate *s, struct origin *o) {
+  return fail(s, MG_LINEAGE_E_VERIFY, o->def_line, 0,
+              "entry 0 of %s: missing, index %" PRIu64 " found instead (deleted entries or edited origin)",
+              o->name, o->def_found);
+}
+
 static int full_checkpoint(struct vstate *s, struct origin *o, uint64_t size, const uint8_t root[MG_HASH_LEN],
                            json_t *leaves) {
   long line = s->line;
+  if (o->deferred) return deferred_fail(s, o);
   if (!o->started) {
     /* No entry and no prefix before it: a truncated export, unless the export is filtered
      * and nothing matched; decided at the end. */
@@ -621,6 +638,7 @@ static int finish(struct vstate *s) {
       }
       continue;
     }
+    if (o->deferred) return deferred_fail(s, o);
     if (o->started && o->next > o->cp_size) {
       uint64_t first = o->cp_size;
       return fail(s, MG_LINEAGE_E_VERIFY, o->npending ? o->pending[0].line : 0, first,
@@ -656,13 +674,13 @@ int mg_lineage_verify(FILE *in, const char *const *vkeys, size_t nvkeys,
   for (size_t i = 0; i < nvkeys; i++) {
     rv = mg_note_verifier_parse(vkeys[i], strlen(vkeys[i]), &s.v[i]);
     if (rv) {
-      rv = fail(&s, MG_LINEAGE_E_KEY, 0, UINT64_MAX, "verifier key %zu is malformed", i + 1);
+      rv = fail(&s, MG_LINEAGE_E_KEY, 0, UINT64_MAX, "verifier key %zu: malformed (want name+hexid+base64)", i + 1);
       goto out_keys;
     }
     s.nv++;
   }
   if (nvkeys == 0) {
-    rv = fail(&s, MG_LINEAGE_E_KEY, 0, UINT64_MAX, "no verifier key given");
+    rv = fail(&s, MG_LINEAGE_E_KEY, 0, UINT64_MAX, "verify: no verifier key given");
     goto out_keys;
   }
   for (;;) {
