@@ -46,7 +46,7 @@
 struct mg_lineage_rec {
   atomic_int refs;
   _Atomic uint64_t index;
-  atomic_int state; /* 0 pending, 1 written, -1 not written */
+  atomic_int state; /* 0 queued, 2 in the group being written, 1 written, -1 not */
 };
 
 enum kind { K_ACCESS, K_OUTCOME, K_POLICY, K_SUMMARY };
@@ -434,10 +434,15 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
     if (it->kind == K_ACCESS && it->deny && !deny_budget(w, it->peer, mono)) {
       it->skip = true;
       sum_add(w, it->peer, it->reason, it->decision, 1, mono);
-    } else if (it->kind == K_OUTCOME && atomic_load(&it->rec->state) != 1) {
-      it->skip = true;
-      mg_warn("lineage: outcome dropped: its access entry was not written");
+    } else if (it->kind == K_OUTCOME) {
+      int st = atomic_load(&it->rec->state);
+      if (st != 1 && st != 2) {
+        it->skip = true;
+        mg_warn("lineage: outcome dropped: its access entry was not written");
+      }
     }
+    /* 2: written by this group, so an outcome later in the same group may refer to it */
+    if (it->kind == K_ACCESS && it->rec) atomic_store(&it->rec->state, it->skip ? -1 : 2);
     if (!it->skip) nwrite++;
   }
   size_t before = n;
@@ -450,7 +455,7 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
   uint64_t first = fr.size;
   int64_t t = now > w->last_time_us ? now : w->last_time_us;
   uint64_t ship = atomic_load(&w->ship_ack);
-  bool cp = fr.size + nwrite > w->cp_size &&
+  bool cp = (fr.size + nwrite > w->cp_size || (w->rotate && fr.size + nwrite > 0)) &&
             (want_cp || mono - w->last_cp_us >= w->every_us);
   if (!nwrite && !cp && ship <= w->shipped_stored) goto callbacks;
 
@@ -539,7 +544,11 @@ abort:
 failed:
   free(note);
   note = NULL;
-  mg_error("lineage: commit of %zu entries failed: %s", nwrite, mg_strerror(rc));
+  pthread_mutex_lock(&w->mu);
+  bool was_healthy = w->st.healthy;
+  pthread_mutex_unlock(&w->mu);
+  if (was_healthy) mg_error("lineage: commit of %zu entries failed: %s", nwrite, mg_strerror(rc));
+  else mg_debug("lineage: commit of %zu entries failed: %s", nwrite, mg_strerror(rc));
   for (it = list; it; it = it->next) {
     if (it->kind == K_ACCESS && it->rec) atomic_store(&it->rec->state, -1);
     if (it->kind == K_SUMMARY) sum_add(w, it->peer, it->reason, it->decision, it->count, mono);
