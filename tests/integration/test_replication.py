@@ -301,7 +301,7 @@ def test_meshgate_kill9_while_shipping_then_restart(cluster, tmp_path):
 
 def test_two_sidecars_one_stream(cluster, tmp_path):
     a = Sidecar(tmp_path / "a", cluster, "REPL5", "lineage.mesh", "test.example/orders/a")
-    b = Sidecar(tmp_path / "b", cluster, "REPL5", "lineage.mesh", "test.example/orders/b b")
+    b = Sidecar(tmp_path / "b", cluster, "REPL5", "lineage.mesh", "test.example/orders/b*2>%")
     try:
         a.start()
         b.start()
