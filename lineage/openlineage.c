@@ -24,10 +24,10 @@
 #define PRODUCER "https://github.com/meshgate/meshgate"
 #define RUN_SCHEMA "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"
 #define FACET_SCHEMA "https://github.com/meshgate/meshgate/blob/main/README.md#meshgate_access"
-#define IN_STATS_SCHEMA "https://openlineage.io/spec/facets/1-0-0/InputStatisticsInputDatasetFacet.json"
+#define IN_STATS_SCHEMA "https://openlineage.io/spec/facets/1-0-0/InputStatisticsInputDatasetFacet.json#/$defs/InputStatisticsInputDatasetFacet"
 #define OUT_STATS_SCHEMA \
-  "https://openlineage.io/spec/facets/1-0-2/OutputStatisticsOutputDatasetFacet.json"
-#define JOBTYPE_SCHEMA "https://openlineage.io/spec/facets/2-0-4/JobTypeJobFacet.json"
+  "https://openlineage.io/spec/facets/1-0-2/OutputStatisticsOutputDatasetFacet.json#/$defs/OutputStatisticsOutputDatasetFacet"
+#define JOBTYPE_SCHEMA "https://openlineage.io/spec/facets/2-0-4/JobTypeJobFacet.json#/$defs/JobTypeJobFacet"
 
 static void copy(json_t *dst, const json_t *src, const char *key) {
   json_t *v = json_object_get(src, key);
