@@ -49,7 +49,7 @@ struct reader {
 static int next_line(struct reader *r, char **line, size_t *len) {
   size_t scanned = r->start;
   for (;;) {
-    char *nl = memchr(r->buf + scanned, '\n', r->end - scanned);
+    char *nl = r->end > scanned ? memchr(r->buf + scanned, '\n', r->end - scanned) : NULL;
     if (nl) {
       *line = r->buf + r->start;
       *len = (size_t)(nl - *line);
