@@ -414,8 +414,8 @@ int mg_req_count_failed_verify(struct mg_req *r) {
   return c->failed_verifies;
 }
 
-/* Is `name` one of the inbound fields never forwarded? */
-static bool strip_inbound(const struct mg_config *cfg, const char *n, size_t l) {
+/* Is `name` one of the inbound fields never forwarded? (also applied to trailers) */
+bool mg_tp_strip_inbound(const struct mg_config *cfg, const char *n, size_t l) {
   if (name_prefix(n, l, "x-mesh-") || name_prefix(n, l, "x-forwarded-"))
     return true;
   if (name_is(n, l, "forwarded") || name_is(n, l, "x-real-ip") ||
@@ -453,7 +453,7 @@ int mg_req_forward(struct mg_req *r, const char *path, size_t path_len, const ng
   nv[n++] = mknv(":path", 5, p, path_len);
   for (size_t i = 0; i < r->hdrs.n; i++) {
     const struct mg_hdr *h = &r->hdrs.v[i];
-    if (strip_inbound(cfg, h->name, h->namelen))
+    if (mg_tp_strip_inbound(cfg, h->name, h->namelen))
       continue;
     /* te: only "trailers" may cross to an h2 upstream (gRPC needs it); never to h1. */
     if (name_is(h->name, h->namelen, "te") &&

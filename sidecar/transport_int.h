@@ -235,6 +235,9 @@ void mg_tp_req_up_end(struct mg_req *r, const struct mg_hdrs *trailers);
 void mg_tp_req_up_fail(struct mg_req *r, int status, const char *error, const char *detail);
 /* The upstream consumed n request body bytes from reqbuf (window update downstream). */
 void mg_tp_req_consumed_body(struct mg_req *r, size_t n);
+/* True for inbound fields never forwarded (x-mesh-*, forwarded, x-forwarded-*, …,
+ * authorization unless forward_token, hop-by-hop). */
+bool mg_tp_strip_inbound(const struct mg_config *cfg, const char *name, size_t len);
 /* Schedules a write of the downstream session. */
 void mg_tp_conn_want_write(struct mg_conn *c);
 

@@ -211,15 +211,22 @@ static ssize_t up_req_read(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t
     r->req_up_done = true;
     if (r->req_trailers.n) {
       nghttp2_nv *nv = mg_tp_arena_alloc(&r->arena, r->req_trailers.n * sizeof *nv);
+      size_t n = 0;
       if (!nv)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+      /* Trailers get the same stripping as headers: no identity smuggled at the end. */
       for (size_t i = 0; i < r->req_trailers.n; i++) {
         const struct mg_hdr *h = &r->req_trailers.v[i];
-        nv[i] = (nghttp2_nv){(uint8_t *)h->name, (uint8_t *)h->value, h->namelen,
-                             h->valuelen, NGHTTP2_NV_FLAG_NONE};
+        if (mg_tp_strip_inbound(r->conn->cfg, h->name, h->namelen) ||
+            (h->namelen == 2 && memcmp(h->name, "te", 2) == 0))
+          continue;
+        nv[n++] = (nghttp2_nv){(uint8_t *)h->name, (uint8_t *)h->value, h->namelen,
+                               h->valuelen, NGHTTP2_NV_FLAG_NONE};
       }
-      *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-      nghttp2_submit_trailer(s, sid, nv, r->req_trailers.n);
+      if (n) {
+        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        nghttp2_submit_trailer(s, sid, nv, n);
+      }
     }
     return 0;
   }

@@ -353,7 +353,9 @@ static int p_on_headers_complete(http_parser *p) {
   head = r->info.method && strcmp(r->info.method, "HEAD") == 0;
   r->resp_final = true;
   r->resp_status = p->status_code;
-  mg_tp_req_up_headers(r, p->status_code, &r->resp_hdrs, head);
+  /* No body may follow (HEAD, 204, 304): end the downstream stream with the headers. */
+  mg_tp_req_up_headers(r, p->status_code, &r->resp_hdrs,
+                       head || p->status_code == 204 || p->status_code == 304);
   return head ? 1 : 0;
 }
 

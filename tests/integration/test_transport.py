@@ -771,3 +771,37 @@ def test_upstream_max_streams_queue_and_cancel(passthrough_bin, proxies, tmp_pat
         assert len([x for x in u.requests() if x["path"] == "/slow?ms=400"]) == 4
     finally:
         u.stop()
+
+
+def test_request_trailers_are_stripped(passthrough_bin, upstream, proxies):
+    p = proxies(passthrough_bin, upstream.address)
+    c = H2Client(p.port)
+    sid = c.request("/upload", end=False)
+    c.streams[sid] = {"status": None, "headers": [], "body": b"", "trailers": [],
+                      "ended": False, "reset": None}
+    c.conn.send_data(sid, b"abc")
+    c.conn.send_headers(sid, [("x-mesh-principal", "user:evil"), ("x-keep-trailer", "yes")],
+                        end_stream=True)
+    c.flush()
+    st = c.wait(sid)
+    assert st["status"] == 200 and json.loads(st["body"])["bytes"] == 3
+    c.close()
+    done = [x for x in upstream.requests() if x["path"] == "/upload" and x.get("done")]
+    assert dict(done[-1]["trailers"]) == {"x-keep-trailer": "yes"}
+
+
+@pytest.mark.parametrize("proto", ["h2c", "http1"])
+def test_bodyless_statuses_and_head(passthrough_bin, proxies, tmp_path, proto):
+    u = Upstream(tmp_path, http1=(proto == "http1"))
+    try:
+        p = proxies(passthrough_bin, u.address, "--protocol", proto)
+        c = H2Client(p.port)
+        for code in (204, 304):
+            st = c.get("/status?code=%d" % code)
+            assert st["status"] == code and st["body"] == b"" and st["ended"]
+        st = c.get("/datasets/head", method="HEAD")
+        assert st["status"] == 200 and st["body"] == b"" and st["ended"]
+        assert c.get("/datasets/after")["status"] == 200
+        c.close()
+    finally:
+        u.stop()

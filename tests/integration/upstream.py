@@ -234,6 +234,11 @@ class H2Server(asyncio.Protocol):
         if path in ("/upload", "/count", "/echo") or s.nbytes or s.trailers:
             self.log.write({"proto": "h2", "path": s.path, "done": True, "bytes": s.nbytes,
                             "trailers": s.trailers})
+        if s.method == "HEAD":  # headers only, as HEAD requires
+            self.conn.send_headers(s.sid, [(":status", "200"), ("content-type", "application/json")],
+                                   end_stream=True)
+            self.flush()
+            return
         if path.startswith("/datasets/"):
             body = jbody({"path": s.path, "method": s.method})
             self.conn.send_headers(s.sid, [(":status", "200"), ("content-type", "application/json"),
@@ -272,6 +277,10 @@ class H2Server(asyncio.Protocol):
             await self.send_body(s, [body])
         elif path == "/status":
             code = int(q.get("code", "200"))
+            if code in (204, 304):
+                self.conn.send_headers(s.sid, [(":status", str(code))], end_stream=True)
+                self.flush()
+                return
             body = jbody({"status": code})
             self.conn.send_headers(s.sid, [(":status", str(code)), ("content-type", "application/json")])
             await self.send_body(s, [body])
@@ -427,10 +436,13 @@ async def h1_client(reader, writer, log, idle_close_ms=0, drop_reused=False):
                     b = jbody({"bytes": n, "sha256": sha.hexdigest()})
                 elif path == "/status":
                     status = int(q.get("code", "200"))
-                    b = jbody({"status": status})
+                    b = b"" if status in (204, 304) else jbody({"status": status})
                 else:
                     b = jbody({"path": target, "method": method})
-                head(status, [("Content-Type", "application/json"), ("Content-Length", len(b))])
+                if status in (204, 304):
+                    head(status, [])
+                else:
+                    head(status, [("Content-Type", "application/json"), ("Content-Length", len(b))])
                 if method != "HEAD":
                     w(b)
             elif path == "/echo":
