@@ -61,6 +61,7 @@ struct mg_lineage_log {
   int refs;              /* process-wide registry: one env per directory */
   dev_t dev;
   ino_t ino;
+  pid_t pid;             /* an env inherited through fork() is never shared */
   struct mg_lineage_log *next;
 };
 

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct mg_lineage_log *reg_head;
@@ -90,7 +91,7 @@ int mg_lineage_log_open(const char *dir, size_t map_size_mb, bool rdonly,
   if (!S_ISDIR(st.st_mode)) return -ENOTDIR;
   pthread_mutex_lock(&reg_mu);
   for (struct mg_lineage_log *l = reg_head; l; l = l->next) {
-    if (l->dev == st.st_dev && l->ino == st.st_ino) {
+    if (l->dev == st.st_dev && l->ino == st.st_ino && l->pid == getpid()) {
       if (l->rdonly && !rdonly) {
         rc = -EBUSY;
         goto unlock;
@@ -116,6 +117,7 @@ int mg_lineage_log_open(const char *dir, size_t map_size_mb, bool rdonly,
   l->refs = 1;
   l->dev = st.st_dev;
   l->ino = st.st_ino;
+  l->pid = getpid();
   l->next = reg_head;
   reg_head = l;
   *out = l;
