@@ -112,6 +112,7 @@ static int setup(void **state) {
   snprintf(path, sizeof path, "%s/jwks.json", f->dir);
   write_jwks(f->key, path);
   snprintf(path, sizeof path, "%s/keys", f->dir);
+  assert_int_equal(mkdir(path, 0700), 0);
   assert_int_equal(mg_lineage_keygen("test.example/orders", path), 0);
   snprintf(path, sizeof path, "%s/meshgate.json", f->dir);
   write_file(path,
@@ -142,6 +143,7 @@ static int setup(void **state) {
                                  .signing_key = f->cfg->signing_key, .origin = f->cfg->origin,
                                  .durability = MG_LINEAGE_WRITE_AHEAD,
                                  .checkpoint_every_ms = 100, .deny_entries_per_s = 100};
+  assert_int_equal(mg_mkdir_p(f->cfg->lineage_db, 0700), 0);
   assert_int_equal(mg_lineage_writer_open(&lc, &f->app.lineage), 0);
   atomic_store(&f->app.ready, 1);
   assert_int_equal(mg_admin_ctx_init(&f->ctx, &f->app), 0);
@@ -321,14 +323,18 @@ static void test_auth(void **state) {
 /* ---- create, read, replace, delete with preconditions ----------------------------------- */
 
 static bool lineage_has(struct fx *f, const char *needle) {
-  char *buf = NULL;
+  char *buf = NULL, *note = NULL;
   size_t len = 0;
+  /* an export ends with a checkpoint: cover the newest entries first */
+  assert_int_equal(mg_lineage_checkpoint_now(f->app.lineage, &note), 0);
+  free(note);
   FILE *m = open_memstream(&buf, &len);
   struct mg_lineage_filter flt;
   mg_lineage_filter_init(&flt);
   int rc = mg_lineage_export(mg_lineage_writer_reader(f->app.lineage), &flt, MG_LINEAGE_NDJSON, m);
   fclose(m);
   bool yes = rc == 0 && buf && strstr(buf, needle);
+  if (!yes) fprintf(stderr, "export (rc %d) lacks %s:\n%s\n", rc, needle, buf ? buf : "");
   free(buf);
   return yes;
 }
