@@ -183,6 +183,7 @@ static int call(struct fx *f, const char *tok, const char *spiffe, const char *m
   rq.peer_spiffe = spiffe;
   if (tok) {
     char *h = malloc(strlen(tok) + 8);
+    assert_non_null(h);
     sprintf(h, "Bearer %s", tok);
     mg_admin_req_add_header(&rq, "Authorization", 13, h, strlen(h));
     free(h);
