@@ -182,11 +182,9 @@ static int call(struct fx *f, const char *tok, const char *spiffe, const char *m
   rq.target = strdup(target);
   rq.peer_spiffe = spiffe;
   if (tok) {
-    char *h = malloc(strlen(tok) + 8);
-    assert_non_null(h);
-    sprintf(h, "Bearer %s", tok);
+    char h[4096];
+    snprintf(h, sizeof h, "Bearer %s", tok);
     mg_admin_req_add_header(&rq, "Authorization", 13, h, strlen(h));
-    free(h);
   }
   va_list ap;
   va_start(ap, body);
