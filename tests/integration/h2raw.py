@@ -151,10 +151,18 @@ class RawH2:
                                              "trailers": [], "ended": False, "rst": None})
 
     def headers(self, sid, headers=None, end_stream=True, end_headers=True, raw=None,
-                pad=None, priority=None):
+                pad=None, priority=None, split=None):
         """HEADERS on sid from a header list or raw HPACK bytes. pad: padding length
-        (PADDED flag); priority: (dep, weight, exclusive) (PRIORITY flag)."""
+        (PADDED flag); priority: (dep, weight, exclusive) (PRIORITY flag); split: the
+        largest fragment, the rest follows in CONTINUATION frames."""
         blk = raw if raw is not None else self.block(headers)
+        if split and len(blk) > split and end_headers:
+            parts = [blk[i:i + split] for i in range(0, len(blk), split)]
+            self.headers(sid, raw=parts[0], end_stream=end_stream, end_headers=False,
+                         pad=pad, priority=priority)
+            for i, p in enumerate(parts[1:]):
+                self.continuation(sid, p, end_headers=(i == len(parts) - 2))
+            return not self.closed
         flags = (END_STREAM if end_stream else 0) | (END_HEADERS if end_headers else 0)
         payload = blk
         if priority is not None:
@@ -199,7 +207,7 @@ class RawH2:
         """A normal request (HPACK-encoded, valid unless headers say otherwise)."""
         sid = sid or self.new_sid()
         hdrs = self.req_headers(path, method, authority, headers)
-        self.headers(sid, hdrs, end_stream=(body is None and end))
+        self.headers(sid, hdrs, end_stream=(body is None and end), split=16384)
         if body is not None:
             for i in range(0, len(body), 16384):
                 self.data(sid, body[i:i + 16384], end_stream=end and i + 16384 >= len(body))
