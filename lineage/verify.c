@@ -293,19 +293,15 @@ static int flush_held(struct vstate *s) {
   return full_entry(s, &s->held);
 }
 
-static int on_entry(struct vstate *s, json_t *obj, const char *line, size_t len) {
-  uint64_t index;
-  json_t *org = json_object_get(obj, "origin"), *tm = json_object_get(obj, "time");
+static int entry_fields(struct vstate *s, uint64_t index, const char *origin, size_t olen,
+                        const char *tm, size_t tlen, const char *line, size_t len) {
   int64_t t;
-  if (!get_u64(obj, "index", &index))
-    return fail(s, MG_LINEAGE_E_FORMAT, s->line, UINT64_MAX, "line %ld: entry index is not a non-negative integer", s->line);
-  if (!json_is_string(org) || json_string_length(org) == 0)
-    return fail(s, MG_LINEAGE_E_FORMAT, s->line, index, "entry %" PRIu64 ": no origin", index);
-  if (!json_is_string(tm) || mg_time_parse_rfc3339(json_string_value(tm), json_string_length(tm), &t) != 0)
+  if (olen == 0) return fail(s, MG_LINEAGE_E_FORMAT, s->line, index, "entry %" PRIu64 ": no origin", index);
+  if (!tm || mg_time_parse_rfc3339(tm, tlen, &t) != 0)
     return fail(s, MG_LINEAGE_E_FORMAT, s->line, index, "entry %" PRIu64 ": missing or malformed time", index);
   int rv = flush_held(s);
   if (rv) return rv;
-  struct origin *o = origin_get(s, json_string_value(org), json_string_length(org));
+  struct origin *o = origin_get(s, origin, olen);
   if (!o) return fail(s, -ENOMEM, s->line, index, "out of memory");
   s->held.valid = true;
   s->held.o = o;
@@ -315,6 +311,167 @@ static int on_entry(struct vstate *s, json_t *obj, const char *line, size_t len)
   mg_merkle_leaf_hash(line, len, s->held.leaf);
   return 0;
 }
+
+static int on_entry(struct vstate *s, json_t *obj, const char *line, size_t len) {
+  uint64_t index;
+  json_t *org = json_object_get(obj, "origin"), *tm = json_object_get(obj, "time");
+  if (!get_u64(obj, "index", &index))
+    return fail(s, MG_LINEAGE_E_FORMAT, s->line, UINT64_MAX, "line %ld: entry index is not a non-negative integer", s->line);
+  if (!json_is_string(org))
+    return fail(s, MG_LINEAGE_E_FORMAT, s->line, index, "entry %" PRIu64 ": no origin", index);
+  return entry_fields(s, index, json_string_value(org), json_string_length(org),
+                      json_is_string(tm) ? json_string_value(tm) : NULL, json_is_string(tm) ? json_string_length(tm) : 0,
+                      line, len);
+}
+
+/* ---- fast path for entry lines ---------------------------------------------------
+ * jansson builds a tree with several allocations per member, which made it two thirds of
+ * the verifier's time. Entry lines are compact JSON from our own writer, so most of them
+ * fall in a small subset that one pass can check exactly: a flat object, keys without
+ * escapes and not repeated, values that are strings (escapes other than \u), integers of
+ * at most 18 digits, literals, or flat arrays of those; valid UTF-8, no whitespace.
+ * Every line in that subset is also accepted by jansson with JSON_REJECT_DUPLICATES
+ * (the fuzz build checks this with MG_VERIFY_SELFCHECK); anything else, valid or not,
+ * takes the jansson path, so strictness and error messages are jansson's. */
+
+struct fast {
+  uint64_t index;
+  const char *origin, *time;
+  size_t olen, tlen;
+  bool has_index, has_origin, has_time;
+};
+
+/* Scans a string starting after its opening quote; returns the closing quote or NULL. */
+static const char *fast_string(const char *p, const char *end, bool *escaped) {
+  *escaped = false;
+  while (p < end) {
+    unsigned char c = (unsigned char)*p;
+    if (c == '"') return p;
+    if (c < 0x20) return NULL;
+    if (c == '\\') {
+      if (p + 1 >= end || !strchr("\"\\/bfnrt", p[1]) || p[1] == 0) return NULL;
+      *escaped = true;
+      p += 2;
+      continue;
+    }
+    p++;
+  }
+  return NULL;
+}
+
+/* Scans a scalar value; returns the byte after it or NULL. *num receives a non-negative
+ * integer's value (UINT64_MAX when the value is something else). */
+static const char *fast_scalar(const char *p, const char *end, uint64_t *num, const char **str,
+                               size_t *slen, bool *escaped) {
+  *num = UINT64_MAX;
+  *str = NULL;
+  if (p >= end) return NULL;
+  if (*p == '"') {
+    const char *q = fast_string(p + 1, end, escaped);
+    if (!q) return NULL;
+    *str = p + 1;
+    *slen = (size_t)(q - p - 1);
+    return q + 1;
+  }
+  if (*p == '-' || (*p >= '0' && *p <= '9')) {
+    bool neg = *p == '-';
+    const char *q = neg ? p + 1 : p;
+    const char *d = q;
+    uint64_t v = 0;
+    while (q < end && *q >= '0' && *q <= '9') v = v * 10 + (uint64_t)(*q++ - '0');
+    size_t nd = (size_t)(q - d);
+    if (nd == 0 || nd > 18 || (nd > 1 && *d == '0')) return NULL;
+    if (q < end && (*q == '.' || *q == 'e' || *q == 'E')) return NULL;
+    if (!neg) *num = v;
+    return q;
+  }
+  static const char *const lits[] = {"true", "false", "null"};
+  for (int i = 0; i < 3; i++) {
+    size_t l = strlen(lits[i]);
+    if ((size_t)(end - p) >= l && memcmp(p, lits[i], l) == 0) return p + l;
+  }
+  return NULL;
+}
+
+static bool fast_entry(const char *s, size_t n, struct fast *f) {
+  const char *p = s, *end = s + n;
+  const char *keys[64];
+  size_t klen[64], nk = 0;
+  memset(f, 0, sizeof *f);
+  if (n < 2 || s[0] != '{' || s[n - 1] != '}' || !mg_utf8_valid(s, n)) return false;
+  p++;
+  for (;;) {
+    bool esc;
+    if (p >= end || *p != '"' || nk == 64) return false;
+    const char *k = p + 1, *q = fast_string(k, end, &esc);
+    if (!q || esc) return false;
+    size_t kl = (size_t)(q - k);
+    for (size_t i = 0; i < nk; i++)
+      if (klen[i] == kl && memcmp(keys[i], k, kl) == 0) return false; /* jansson names it */
+    keys[nk] = k;
+    klen[nk++] = kl;
+    p = q + 1;
+    if (p >= end || *p++ != ':') return false;
+    uint64_t num;
+    const char *str;
+    size_t slen = 0;
+    if (p < end && *p == '[') {
+      p++;
+      if (p < end && *p == ']') {
+        p++;
+      } else {
+        for (;;) {
+          p = fast_scalar(p, end, &num, &str, &slen, &esc);
+          if (!p || p >= end) return false;
+          if (*p == ']') { p++; break; }
+          if (*p++ != ',') return false;
+        }
+      }
+      if ((kl == 5 && !memcmp(k, "index", 5)) || (kl == 6 && !memcmp(k, "origin", 6)) ||
+          (kl == 4 && !memcmp(k, "time", 4)))
+        return false;
+    } else {
+      p = fast_scalar(p, end, &num, &str, &slen, &esc);
+      if (!p) return false;
+      if (kl == 5 && !memcmp(k, "index", 5)) {
+        if (num == UINT64_MAX) return false;
+        f->index = num;
+        f->has_index = true;
+      } else if (kl == 6 && !memcmp(k, "origin", 6)) {
+        if (!str || esc) return false;
+        f->origin = str;
+        f->olen = slen;
+        f->has_origin = true;
+      } else if (kl == 4 && !memcmp(k, "time", 4)) {
+        if (!str || esc) return false;
+        f->time = str;
+        f->tlen = slen;
+        f->has_time = true;
+      }
+    }
+    if (p >= end) return false;
+    if (*p == '}') { p++; break; }
+    if (*p++ != ',') return false;
+  }
+  return p == end && f->has_index && f->has_origin && f->has_time;
+}
+
+#ifdef MG_VERIFY_SELFCHECK
+/* Differential check for the fuzzer: the fast path must agree with jansson. */
+static void fast_selfcheck(const char *line, size_t len, const struct fast *f) {
+  json_error_t e;
+  json_t *o = json_loadb(line, len, JSON_REJECT_DUPLICATES, &e);
+  uint64_t idx;
+  json_t *org = o ? json_object_get(o, "origin") : NULL, *tm = o ? json_object_get(o, "time") : NULL;
+  if (!json_is_object(o) || !get_u64(o, "index", &idx) || idx != f->index || !json_is_string(org) ||
+      json_string_length(org) != f->olen || memcmp(json_string_value(org), f->origin, f->olen) ||
+      !json_is_string(tm) || json_string_length(tm) != f->tlen || memcmp(json_string_value(tm), f->time, f->tlen)) {
+    fprintf(stderr, "fast path accepted what jansson does not: %.*s\n", (int)len, line);
+    abort();
+  }
+  json_decref(o);
+}
+#endif
 
 /* ---- proof lines (filtered exports) ------------------------------------------- */
 
@@ -601,6 +758,13 @@ out:
 static int on_line(struct vstate *s, const char *line, size_t len) {
   json_error_t jerr;
   if (len == 0) return fail(s, MG_LINEAGE_E_FORMAT, s->line, UINT64_MAX, "line %ld: empty line", s->line);
+  struct fast f;
+  if (fast_entry(line, len, &f)) {
+#ifdef MG_VERIFY_SELFCHECK
+    fast_selfcheck(line, len, &f);
+#endif
+    return entry_fields(s, f.index, f.origin, f.olen, f.time, f.tlen, line, len);
+  }
   json_t *obj = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
   if (!obj) return fail(s, MG_LINEAGE_E_FORMAT, s->line, UINT64_MAX, "line %ld: %s", s->line, jerr.text);
   int rv;

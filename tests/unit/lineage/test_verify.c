@@ -96,11 +96,13 @@ static int get(void *arg, unsigned level, uint64_t index, uint8_t out[MG_HASH_LE
 static char *entry_line(const char *origin, uint64_t i, int64_t t_us) {
   char ts[MG_RFC3339_LEN], *s = NULL;
   mg_time_format_rfc3339(t_us, ts);
+  /* every 7th line is outside the verifier's fast path (nested object, \u escape, real) */
+  const char *extra = i % 7 == 3 ? "\"detail\":{\"q\":\"a\\\"b\\u00e9\",\"r\":[1.5,{}]}," : "";
   assert_true(asprintf(&s,
-                       "{\"action\":\"read\",\"decision\":\"allow\",\"index\":%llu,\"origin\":\"%s\","
+                       "{\"action\":\"read\",\"decision\":\"allow\",%s\"index\":%llu,\"origin\":\"%s\","
                        "\"path\":\"/v1/orders?id=%llu\",\"principal\":\"user:alice\",\"request_id\":"
                        "\"0193a6c2-7d1e-7c3a-9f00-%012llx\",\"time\":\"%s\"}",
-                       (unsigned long long)i, origin, (unsigned long long)i, (unsigned long long)i, ts) > 0);
+                       extra, (unsigned long long)i, origin, (unsigned long long)i, (unsigned long long)i, ts) > 0);
   return s;
 }
 
@@ -633,6 +635,13 @@ static void test_origins_and_format(void **state) {
   /* strict line parsing */
   static const char *const bad[] = {
       "{\"index\":0,\"index\":0,\"origin\":\"" ORIGIN "\",\"time\":\"2026-01-01T00:00:00.000000Z\"}",
+      "{\"index\":0,\"ind\\u0065x\":0,\"origin\":\"" ORIGIN "\",\"time\":\"2026-01-01T00:00:00.000000Z\"}",
+      "{\"index\":0,\"origin\":\"" ORIGIN "\",\"time\":\"2026-01-01T00:00:00.000000Z\",\"x\":\"\x01\"}",
+      "{\"index\":0,\"origin\":\"" ORIGIN "\",\"time\":\"2026-01-01T00:00:00.000000Z\",\"x\":\"\xff\"}",
+      "{\"index\":0,\"origin\":\"" ORIGIN "\",\"time\":\"2026-01-01T00:00:00.000000Z\",\"x\":01}",
+      "{\"index\":0,\"origin\":\"" ORIGIN "\",\"time\":\"2026-01-01T00:00:00.000000Z\",\"x\":tru}",
+      "{\"index\":0,\"origin\":\"" ORIGIN "\",\"time\":\"2026-01-01T00:00:00.000000Z\",}",
+      "{\"index\":99999999999999999999999,\"origin\":\"" ORIGIN "\",\"time\":\"2026-01-01T00:00:00.000000Z\"}",
       "{\"index\":0,\"origin\":\"" ORIGIN "\",\"time\":\"2026-01-01T00:00:00.000000Z\"} x",
       "[1,2]",
       "{\"index\":-1,\"origin\":\"" ORIGIN "\",\"time\":\"2026-01-01T00:00:00.000000Z\"}",
