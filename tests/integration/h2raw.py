@@ -394,12 +394,16 @@ def nthreads(pid):
 
 
 def real_binary():
-    """The meshgate binary to use: $MESHGATE_BIN, else the newest linked build*/ one."""
+    """The meshgate binary to use: $MESHGATE_BIN, else build/sidecar/meshgate (mgtest's
+    default), else the newest linked build*/sidecar/meshgate; None when there is none."""
     import glob
     env = os.environ.get("MESHGATE_BIN")
     if env:
         return env if os.access(env, os.X_OK) else None
     root = os.path.dirname(os.path.dirname(HERE))
+    default = os.path.join(root, "build", "sidecar", "meshgate")
+    if os.access(default, os.X_OK):
+        return default
     cands = [c for c in glob.glob(os.path.join(root, "build*", "sidecar", "meshgate"))
              if os.access(c, os.X_OK) and "asan" not in c and "fuzz" not in c]
     return max(cands, key=os.path.getmtime) if cands else None
