@@ -1120,6 +1120,7 @@ void mg_admin_stream_unref(struct mg_admin_stream *s) {
 
 struct export_job {
   struct mg_admin_ctx *c;
+  struct mg_lineage_writer *w;
   struct mg_lineage_reader *r;
   struct mg_lineage_filter f;
   char *strs[4];
@@ -1143,6 +1144,10 @@ static void *export_main(void *arg) {
     close(job->wfd);
   } else {
     setvbuf(out, NULL, _IOFBF, 64 * 1024);
+    /* an unfiltered export ends at the latest checkpoint: sign one now so that it holds
+     * everything committed before the request (failure: export up to the last one) */
+    char *note = NULL;
+    if (job->w && mg_lineage_checkpoint_now(job->w, &note) == 0) free(note);
     rc = mg_lineage_export(job->r, &job->f, job->fmt, out);
     if (rc == 0 && fflush(out) != 0) rc = -errno;
     /* the result must be visible before the reader sees EOF */
@@ -1204,6 +1209,7 @@ static void h_lineage(struct mg_admin_ctx *c, const char *query, struct mg_admin
   job->f.product = job->strs[1];
   job->f.dataset = job->strs[2];
   job->f.action = job->strs[3];
+  job->w = c->app->lineage;
   if (!c->app->lineage || !(job->r = mg_lineage_writer_reader(c->app->lineage))) {
     mg_admin_resp_error(rs, 503, "lineage_unavailable", "the lineage log is not open");
     goto out;
