@@ -54,7 +54,10 @@ static void kv_raw(struct enc *e, const char *k, const char *raw) {
   if (!e->err && mg_buf_appends(&e->b, raw)) e->err = -ENOMEM;
 }
 
+/* Counters are clamped to INT64_MAX: readers (jansson in verify, most JSON libraries)
+ * refuse larger integers, and an entry that cannot be read back cannot be verified. */
 static void kv_u64(struct enc *e, const char *k, uint64_t v) {
+  if (v > INT64_MAX) v = INT64_MAX;
   key(e, k);
   if (!e->err && mg_buf_appendf(&e->b, "%" PRIu64, v)) e->err = -ENOMEM;
 }
