@@ -268,5 +268,8 @@ size_t mg_tp_body_buffer(const struct mg_config *cfg);
 /* Resolves "host:port" / "unix:/path" (numeric host or a blocking lookup). */
 int mg_tp_resolve(const char *address, struct sockaddr_storage *ss, socklen_t *len);
 struct mg_config *mg_tp_pool_cfg(struct mg_uppool *p);
+struct mg_worker *mg_tp_pool_worker(struct mg_uppool *p);
+/* The HTTP/1.1 leg's private state hangs off the pool here. */
+void **mg_tp_pool_h1_slot(struct mg_uppool *p);
 
 #endif /* MG_SIDECAR_TRANSPORT_INT_H */

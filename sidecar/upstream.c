@@ -61,10 +61,7 @@ struct mg_uppool {
 
 struct mg_config *mg_tp_pool_cfg(struct mg_uppool *p) { return p->w->cfg; }
 
-/* Used by upstream_h1.c, which keeps its own state behind p->h1. */
-void **mg_tp_pool_h1_slot(struct mg_uppool *p);
 void **mg_tp_pool_h1_slot(struct mg_uppool *p) { return &p->h1; }
-struct mg_worker *mg_tp_pool_worker(struct mg_uppool *p);
 struct mg_worker *mg_tp_pool_worker(struct mg_uppool *p) { return p->w; }
 
 int mg_tp_resolve(const char *address, struct sockaddr_storage *ss, socklen_t *len) {

@@ -33,8 +33,6 @@
 #define H1_MAX_CONNS 256
 #define H1_READ_HIGH (256u * 1024)
 
-void **mg_tp_pool_h1_slot(struct mg_uppool *p);
-struct mg_worker *mg_tp_pool_worker(struct mg_uppool *p);
 
 struct mg_h1conn;
 

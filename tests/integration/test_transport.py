@@ -805,3 +805,50 @@ def test_bodyless_statuses_and_head(passthrough_bin, proxies, tmp_path, proto):
         c.close()
     finally:
         u.stop()
+
+
+def test_garbage_does_not_hurt(passthrough_bin, upstream, proxies):
+    """Random bytes after the preface, truncated frames, HTTP/1.1 on the h2c port: each
+    such connection dies alone; the server keeps serving."""
+    import random
+    rnd = random.Random(1234)
+    p = proxies(passthrough_bin, upstream.address)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    payloads = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", preface[:10]]
+    for i in range(60):
+        n = rnd.randrange(1, 3000)
+        payloads.append(preface + bytes(rnd.randrange(256) for _ in range(n)))
+    # valid client conversations (requests, bodies, trailers, resets) with a few bytes flipped
+    for i in range(120):
+        cc = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        cc.initiate_connection()
+        for sid in (1, 3, 5):
+            cc.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
+                                  (":authority", "x"), (":path", "/upload?%d" % i),
+                                  ("x-mesh-purpose", "a"), ("content-type", "b")])
+            cc.send_data(sid, bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 300))))
+            if sid == 3:
+                cc.reset_stream(sid, 8)
+            else:
+                cc.send_headers(sid, [("x-t", "1")], end_stream=True)
+        data = bytearray(cc.data_to_send())
+        for _ in range(rnd.randrange(1, 4)):
+            k = rnd.randrange(24, len(data))
+            data[k] = rnd.randrange(256)
+        payloads.append(bytes(data))
+    for i, data in enumerate(payloads):
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+        try:
+            s.sendall(data)
+            if i % 2:
+                s.shutdown(socket.SHUT_WR)  # EOF right behind the bytes
+            else:
+                s.settimeout(0.05)  # let requests reach the upstream, then vanish
+            while s.recv(65536):
+                pass
+        except OSError:
+            pass
+        s.close()
+    r = curl("--http2-prior-knowledge", p.url + "/datasets/survived", check=True)
+    assert json.loads(r.stdout)["path"] == "/datasets/survived"
+    assert p.proc.poll() is None
