@@ -831,6 +831,10 @@ def render(bench, contenders, res, fsync, meta):
     L = []
     L.append(f"meshgate benchmark  {meta['date']}  {meta['mode']}  workers={a.workers}  "
              f"runs={a.runs}  cores={os.cpu_count()}  load average before: {meta['loadavg_start']}")
+    load1 = float(meta["loadavg_start"].split()[0])
+    if load1 > 0.5 * (os.cpu_count() or 1):
+        L.append(f"WARNING: load average {load1:.2f} on {os.cpu_count()} cores before the run: "
+                 f"other work competes for the CPU, expect wide spreads")
     shape = (f"-n {a.requests}" if a.quick else f"-D {a.duration}s")
     L.append(f"closed loop: h2load -t 1 -c {a.conns} -m {a.streams} {shape} "
              f"({a.conns * a.streams} concurrent streams); medians of {a.runs} run(s); "
