@@ -54,7 +54,9 @@ class Upstream:
 
     def __init__(self, tmp, http1=False, unix=None, extra=()):
         self.log_path = os.path.join(str(tmp), "upstream-%d.jsonl" % id(self))
-        args = [PY, os.path.join(HERE, "upstream.py"), "--port", "0", "--log", self.log_path]
+        args = [PY, os.path.join(HERE, "upstream.py"), "--log", self.log_path]
+        if "--port" not in extra:
+            args += ["--port", "0"]
         if http1:
             args.append("--http1")
         if unix:

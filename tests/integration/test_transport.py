@@ -852,3 +852,20 @@ def test_garbage_does_not_hurt(passthrough_bin, upstream, proxies):
     r = curl("--http2-prior-knowledge", p.url + "/datasets/survived", check=True)
     assert json.loads(r.stdout)["path"] == "/datasets/survived"
     assert p.proc.poll() is None
+
+
+@pytest.mark.parametrize("proto", ["h2c", "http1"])
+def test_upstream_comes_back(passthrough_bin, proxies, tmp_path, proto):
+    port = free_port()
+    p = proxies(passthrough_bin, "127.0.0.1:%d" % port, "--protocol", proto, "--workers", "1")
+    c = H2Client(p.port)
+    assert c.get("/datasets/down")["status"] == 502
+    u = Upstream(tmp_path, http1=(proto == "http1"), extra=("--port", str(port)))
+    try:
+        assert c.get("/datasets/up")["status"] == 200  # reconnects on demand
+        u.stop()
+        time.sleep(0.3)
+        assert c.get("/datasets/down-again")["status"] == 502
+    finally:
+        u.stop()
+    c.close()
