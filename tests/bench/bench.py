@@ -831,6 +831,14 @@ def render(bench, contenders, res, fsync, meta):
     L = []
     L.append(f"meshgate benchmark  {meta['date']}  {meta['mode']}  workers={a.workers}  "
              f"runs={a.runs}  cores={os.cpu_count()}  load average before: {meta['loadavg_start']}")
+    if any(c.kind == "meshgate" for c in contenders):
+        bo = meta.get("meshgate_build") or {}
+        ver = ((meta.get("meshgate_version") or "?").splitlines() or ["?"])[0]
+        L.append(f"meshgate: {a.meshgate}  version: {ver}  "
+                 f"build: {bo.get('buildtype', '?')} -O{bo.get('optimization', '?')} "
+                 f"sanitize={bo.get('b_sanitize', '?')}")
+        if bo.get("b_sanitize") not in (None, "none") or bo.get("optimization") in ("0", "g", "plain"):
+            L.append("WARNING: meshgate is a sanitized or unoptimized build; its figures mean nothing")
     load1 = float(meta["loadavg_start"].split()[0])
     if load1 > 0.5 * (os.cpu_count() or 1):
         L.append(f"WARNING: load average {load1:.2f} on {os.cpu_count()} cores before the run: "
@@ -930,6 +938,21 @@ def write_outputs(bench, contenders, res, fsync, meta, lines):
 
 # ---------------------------------------------------------------- main
 
+def build_options(binary):
+    """buildtype/optimization/sanitizer of the meson build dir the binary comes from: a
+    debug or sanitized meshgate would make every figure meaningless."""
+    d = Path(binary).resolve().parent
+    for cand in (d, *d.parents):
+        f = cand / "meson-info" / "intro-buildoptions.json"
+        if f.is_file():
+            try:
+                opts = {o["name"]: o["value"] for o in json.loads(f.read_text())}
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            return {k: opts.get(k) for k in ("buildtype", "optimization", "b_sanitize", "b_lto")}
+    return None
+
+
 def git_commit():
     try:
         return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -1007,6 +1030,7 @@ def main(argv):
                 "mode": "quick" if args.quick else "full", "commit": git_commit(),
                 "host": platform.node(), "kernel": platform.release(), "cores": os.cpu_count(),
                 "meshgate": args.meshgate, "meshgate_version": bench.meshgate_version,
+                "meshgate_build": build_options(args.meshgate),
                 "tmpdir": args.tmpdir, "loadavg_start": loadavg, "elapsed_s": None}
         res = build_report(bench, contenders, fsync)
         meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
