@@ -423,6 +423,10 @@ bool mg_tp_strip_inbound(const struct mg_config *cfg, const char *n, size_t l) {
       name_is(n, l, "x-http-method-override") || name_is(n, l, "x-http-method") ||
       name_is(n, l, "x-method-override") || name_is(n, l, "host"))
     return true;
+  /* The request id and trace context are meshgate's: the entry's request_id goes upstream,
+   * never a client-chosen one (tracestate belongs to the replaced trace). */
+  if (name_is(n, l, "x-request-id") || name_is(n, l, "traceparent") || name_is(n, l, "tracestate"))
+    return true;
   if (hop_by_hop(n, l))
     return true;
   if (name_is(n, l, "authorization") && !cfg->upstream.forward_token)

@@ -118,9 +118,17 @@ def test_oversized_token(gw):
 def test_huge_token_does_not_crash(gw):
     # libjwt crashes on multi-hundred-KB tokens; meshgate refuses them before parsing.
     # The header list limit (16 KiB) answers first at the HTTP/2 layer: no 200, no crash.
+    import os
+    import mgtest
     path = uniq()
-    r = gw.get(path, token="a" * 300000)
-    assert r.status in (401, 431, 400) or r.status == 0
+    hdr = os.path.join(gw.dir, "huge-token.hdr")
+    with open(hdr, "w") as f:
+        f.write("Authorization: Bearer " + "a" * 300000 + "\n")
+    import subprocess
+    r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2-prior-knowledge",
+                        "-H", "@" + hdr, gw.url + path], stdout=subprocess.PIPE, timeout=30)
+    # refused at the HTTP/2 layer (431, or the stream/connection reset: curl reports 000)
+    assert r.stdout.decode() in ("431", "401", "400", "000"), r.stdout
     assert gw.upstream_saw(path) == []
     assert_allowed(gw, gw.issuer.es256(groups=["analysts"]))
 
