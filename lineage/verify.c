@@ -129,6 +129,9 @@ struct origin {
   long cons_line;
   uint64_t empty_cp_size;   /* checkpoint of size > 0 seen with no entries at all */
   long empty_cp_line;
+  bool pre_cp;              /* a checkpoint seen before any entry: a filtered section's */
+  uint64_t pre_size;        /* first checkpoint may precede its first match */
+  uint8_t pre_root[MG_HASH_LEN];
   bool deferred;            /* first entry not at 0: reported at its checkpoint or the end, */
   uint64_t def_found;       /* so that the origin an entry was moved OUT of is named first */
   long def_line;
@@ -621,6 +624,9 @@ static int full_checkpoint(struct vstate *s, struct origin *o, uint64_t size, co
       o->empty_cp_line = line;
       o->empty_cp_size = size;
     }
+    o->pre_cp = true;
+    o->pre_size = size;
+    memcpy(o->pre_root, root, MG_HASH_LEN);
     if (size == 0) {
       uint8_t r[MG_HASH_LEN];
       mg_merkle_frontier_root(&o->f, r);
@@ -655,6 +661,11 @@ static int full_checkpoint(struct vstate *s, struct origin *o, uint64_t size, co
 
 static int filtered_checkpoint(struct vstate *s, struct origin *o, uint64_t size, const uint8_t root[MG_HASH_LEN]) {
   long line = s->line;
+  if (!o->have_cp && o->pre_cp) {
+    o->have_cp = true;
+    o->cp_size = o->pre_size;
+    memcpy(o->cp_root, o->pre_root, MG_HASH_LEN);
+  }
   if (o->have_cp) {
     if (o->cp_size == size) {
       if (memcmp(o->cp_root, root, MG_HASH_LEN) != 0)

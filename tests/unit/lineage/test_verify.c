@@ -567,6 +567,16 @@ static void test_filtered(void **state) {
   remove_at(&e, 3);
   EXPECT_FAIL(&e, UINT64_MAX, "no consistency proof");
   exp_free(&e);
+  /* the first checkpoint may come before the first match; consistency still required */
+  add(&e, cp_line(L, 75, -1));
+  add(&e, cons_line(L, 75, 100));
+  add(&e, strdup(L->lines[80]));
+  add(&e, proof_line(L, 80, 100));
+  add(&e, cp_line(L, 100, -1));
+  assert_int_equal(run1(&e, &r), 0);
+  remove_at(&e, 1);
+  EXPECT_FAIL(&e, UINT64_MAX, "no consistency proof");
+  exp_free(&e);
   /* a filtered export where nothing matched: only the checkpoint... is a truncation */
   add(&e, cp_line(L, 100, -1));
   EXPECT_FAIL(&e, 0, "truncated");
@@ -661,6 +671,30 @@ static void test_origins_and_format(void **state) {
     assert_int_equal(run1(&x, &r), MG_LINEAGE_E_FORMAT);
     assert_int_equal(r.bad_line, 1);
     exp_free(&x);
+  }
+  /* the last line without its LF still counts; a CRLF export changes the leaf bytes */
+  {
+    struct log *C = log_new(ORIGIN, 5);
+    uint64_t c5[] = {5};
+    struct exp y = {0};
+    build_full(&y, C, 0, 5, c5, 1, true);
+    struct mg_buf b;
+    mg_buf_init(&b);
+    for (size_t i = 0; i < y.n; i++) {
+      if (i) mg_buf_appends(&b, "\n");
+      mg_buf_appends(&b, y.l[i]);
+    }
+    FILE *f = fmemopen(b.data, b.len, "r");
+    const char *v[1] = {k_main.vkey};
+    assert_int_equal(mg_lineage_verify(f, v, 1, &r), 0);
+    fclose(f);
+    char *e2 = y.l[2];
+    assert_true(asprintf(&y.l[2], "%s\r", e2) > 0);
+    free(e2);
+    EXPECT_FAIL(&y, 2, "edited");
+    mg_buf_clear(&b);
+    exp_free(&y);
+    log_free(C);
   }
   /* no keys / a malformed key */
   struct exp x = {0};
