@@ -54,7 +54,12 @@ int mg_lineage_keygen(const char *name, const char *dir);
 /* ---- entries ------------------------------------------------------------ */
 
 /* Fields of an access entry; NULL / 0-count = absent (omitted from the line). Strings are
- * copied before submit returns. Encoding order, escaping and key sorting are the writer's. */
+ * copied before submit returns. Encoding order, escaping and key sorting are the writer's.
+ * Every string must be valid UTF-8 (submit returns -EINVAL otherwise); unsigned counters
+ * above INT64_MAX are written as INT64_MAX (JSON readers refuse larger integers).
+ * Summary entries (rate-limited denies) are {"count","decision","index","origin","peer",
+ * "reason","summary":1,"time"}: "summary" is the integer 1 because entries hold integers
+ * only (no booleans); "peer" is the client address without its port. */
 struct mg_lineage_access {
   const char *request_id;      /* UUIDv7 */
   const char *principal;       /* "user:…" (or "spiffe:…" / "client:…" when no user) */
@@ -109,6 +114,19 @@ struct mg_lineage_config {
   int deny_entries_per_s;       /* per peer address; beyond: one summary per s per (peer, reason) */
   size_t max_group;             /* max entries per commit group, 0 = default (1024) */
 };
+/* Notes on the writer (writer.c):
+ * - The deny budget is per client address (peer without the port: a client opening new
+ *   connections does not get a new budget), a token bucket of deny_entries_per_s with a
+ *   one-second burst; 0 = every deny goes into summaries. Over the budget, denies are
+ *   counted per (address, reason, decision), one summary per key per second; counts whose
+ *   commit fails are kept and retried, so written entries + summary counts = denies.
+ * - Entries with a callback (write-ahead access entries, policy edits) are committed at
+ *   once even in async mode; async otherwise commits when a group is full or
+ *   checkpoint_every_ms after the first queued entry.
+ * - The queue is bounded (max(65536, 16 * max_group) entries): beyond it submit returns
+ *   MG_LINEAGE_E_FULL (fail closed) instead of growing without limit.
+ * - A log records its origin at creation; opening it with another origin fails with
+ *   MG_LINEAGE_E_FOREIGN (a foreign or misconfigured disk). */
 
 struct mg_lineage_writer;
 struct mg_lineage_rec; /* an in-flight access entry: its index once assigned */
@@ -191,7 +209,17 @@ void mg_lineage_filter_init(struct mg_lineage_filter *f);
 bool mg_lineage_filter_is_empty(const struct mg_lineage_filter *f);
 
 /* Writes an export to `out` (see SPEC "Export"). Returns 0 or an error; on a write error
- * (EPIPE: the reader went away) returns -errno promptly. */
+ * (EPIPE: the reader went away) returns -errno promptly.
+ * ndjson: without principal/product/dataset/action/until filters the export is the
+ * contiguous range from index 0 (or from the first entry with time >= since, after a
+ * {"prefix":{"origin","size","hashes"}} line) up to the latest checkpoint, each stored
+ * checkpoint as {"checkpoint":"<note>","leaves":"<base64 leaf hashes since the previous
+ * checkpoint line>"} after the last entry it covers; nothing, with a warning, if no
+ * checkpoint exists yet. With filters: matching entries, each followed by
+ * {"proof":{"index","size","hashes"}} against the latest checkpoint, which ends the
+ * export. A principal filter matches the entry's principal, client or editor, and
+ * "group:x" also membership in groups; an outcome entry matches when its access entry does.
+ * openlineage: one RunEvent per outcome of an allowed access entry that matches. */
 int mg_lineage_export(struct mg_lineage_reader *r, const struct mg_lineage_filter *f,
                       enum mg_lineage_format fmt, FILE *out);
 
