@@ -549,6 +549,7 @@ failed:
   pthread_mutex_unlock(&w->mu);
   if (was_healthy) mg_error("lineage: commit of %zu entries failed: %s", nwrite, mg_strerror(rc));
   else mg_debug("lineage: commit of %zu entries failed: %s", nwrite, mg_strerror(rc));
+  if (cp) w->last_cp_us = mono; /* retry the checkpoint next period, not in a hot loop */
   for (it = list; it; it = it->next) {
     if (it->kind == K_ACCESS && it->rec) atomic_store(&it->rec->state, -1);
     if (it->kind == K_SUMMARY) sum_add(w, it->peer, it->reason, it->decision, it->count, mono);
