@@ -479,3 +479,43 @@ def test_policy_store_full_507_keeps_serving(tmp_path):
     finally:
         mgtest.stop(mg)
         mgtest.stop(up)
+
+
+# ---- TLS admin port with client certificates ----------------------------------------------
+
+
+def test_admin_tls_spiffe_admin(tmp_path):
+    pki = tmp_path / "pki"
+    subprocess.run(["sh", os.path.join(mgtest.ROOT, "certs", "mkcerts.sh"), str(pki)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    keys = mgtest.make_keys_and_jwks(tmp_path)
+    admin_spiffe = "spiffe://mesh.test/ns/platform/sa/admin"
+    cfg = mgtest.write_config(tmp_path, {"admin": {"tls": {
+        "cert": str(pki / "server.pem"), "key": str(pki / "server.key"),
+        "client_ca": str(pki / "ca.pem"), "allowed_spiffe": [admin_spiffe]}}})
+    mg = mgtest.start_meshgate(cfg)
+    ca = ["--cacert", str(pki / "ca.pem")]
+    as_admin = ca + ["--cert", str(pki / "admin.pem"), "--key", str(pki / "admin.key")]
+    as_client = ca + ["--cert", str(pki / "client.pem"), "--key", str(pki / "client.key")]
+    try:
+        mgtest.wait_ready(mg, curl_args=ca)
+        assert mg.admin_url.startswith("https://")
+        for h2 in PROTOS:
+            gid = "tls-%d" % h2
+            r = mgtest.request(mg.admin_url + "/v1/grants/" + gid, "PUT", body=grant(gid),
+                               headers={"If-None-Match": "*"}, http2=h2, curl_args=as_admin)
+            assert r.status == 201, r
+            assert r.proto == ("HTTP/2" if h2 else "HTTP/1.1")
+            # another workload's certificate is no admin; without a token: 401
+            r = mgtest.request(mg.admin_url + "/v1/grants/" + gid, http2=h2, curl_args=as_client)
+            assert_error(r, 401)
+            # a token still works over TLS
+            tok = mgtest.mint(keys, sub="root", scope="mesh:admin")
+            r = mgtest.request(mg.admin_url + "/v1/grants/" + gid, token=tok, http2=h2, curl_args=ca)
+            assert r.status == 200, r
+        r = mgtest.request(mg.admin_url + "/v1/lineage", http2=True, curl_args=as_admin)
+        assert r.status == 200
+        editors = {json.loads(x).get("editor") for x in r.body.decode().splitlines()}
+        assert "spiffe:" + admin_spiffe in editors
+    finally:
+        mgtest.stop(mg)
