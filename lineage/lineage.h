@@ -112,7 +112,8 @@ struct mg_lineage_config {
   enum mg_lineage_durability durability;
   int checkpoint_every_ms;
   int deny_entries_per_s;       /* per peer address; beyond: one summary per s per (peer, reason) */
-  size_t max_group;             /* max entries per commit group, 0 = default (1024) */
+  size_t max_group;             /* max entries per commit group, 0 = default (1024;
+                                   8192 in async, where groups only amortise fsyncs) */
 };
 /* Notes on the writer (writer.c):
  * - The deny budget is per client address (peer without the port: a client opening new
