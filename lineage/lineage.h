@@ -160,6 +160,20 @@ void mg_lineage_rec_unref(struct mg_lineage_rec *rec);
 int mg_lineage_submit_policy(struct mg_lineage_writer *w, const struct mg_lineage_policy_write *p,
                              mg_lineage_done_cb cb, void *arg);
 
+/* Replication (SPEC "Replication"): starts a JetStream shipper for this writer's log and
+ * attaches it (the writer stops it at close). Fails with MG_LINEAGE_E_FOREIGN when the
+ * stream holds a higher index for this origin than the local log, or MG_LINEAGE_E_NATS
+ * when the stream exists but cannot work (subjects, DenyDelete/DenyPurge); an unreachable
+ * NATS is not an error (the backlog grows until it is reachable). Main thread, once. */
+struct mg_lineage_nats {
+  const char *const *servers;
+  size_t nservers;
+  const char *stream, *subject;
+  int replicas;
+  const char *creds, *tls_ca;
+};
+int mg_lineage_writer_replicate(struct mg_lineage_writer *w, const struct mg_lineage_nats *n);
+
 /* Synchronously signs a checkpoint now if entries are uncovered; returns the latest signed
  * note text (caller frees). Safe from any thread (it waits for the writer thread). */
 int mg_lineage_checkpoint_now(struct mg_lineage_writer *w, char **note_out);

@@ -416,6 +416,17 @@ static int cmd_serve(int argc, char **argv) {
     die("lineage log %s: %s", cfg->lineage_db, mg_strerror(rv));
     goto fail_lineage;
   }
+  if (cfg->nats) {
+    struct mg_lineage_nats nc = {
+      .servers = (const char *const *)cfg->nats->servers, .nservers = cfg->nats->nservers,
+      .stream = cfg->nats->stream, .subject = cfg->nats->subject, .replicas = cfg->nats->replicas,
+      .creds = cfg->nats->creds, .tls_ca = cfg->nats->tls_ca,
+    };
+    if ((rv = mg_lineage_writer_replicate(app.lineage, &nc))) {
+      die("lineage replication to %s stream %s: %s", cfg->nats->servers[0], cfg->nats->stream, mg_strerror(rv));
+      goto fail_server;
+    }
+  }
   if ((rv = mg_server_start(cfg, &app.server, err, sizeof err))) {
     die("data listener %s: %s", cfg->listen_address, err);
     goto fail_server;
