@@ -1216,6 +1216,7 @@ static void h_lineage(struct mg_admin_ctx *c, const char *query, struct mg_admin
   }
   if (pipe2(fds, O_CLOEXEC) != 0) goto oom;
   if (fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK) != 0) goto oom;
+  (void)fcntl(fds[1], F_SETPIPE_SZ, 1 << 20); /* fewer wakeups; the default 64 KiB works too */
   struct mg_admin_stream *s = calloc(1, sizeof *s);
   if (!s) goto oom;
   s->rfd = fds[0];
