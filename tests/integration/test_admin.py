@@ -481,6 +481,44 @@ def test_policy_store_full_507_keeps_serving(tmp_path):
         mgtest.stop(up)
 
 
+# ---- slow clients ---------------------------------------------------------------------------
+
+
+def test_header_timeout_408(env):
+    import socket
+    s = socket.create_connection(("127.0.0.1", env.mg.admin_port))
+    s.settimeout(20)
+    t = time.time()
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")  # never finished
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    elapsed = time.time() - t
+    assert data.startswith(b"HTTP/1.1 408 "), data
+    assert 8 <= elapsed <= 15, elapsed
+    assert call(env, "GET", "/healthz").status == 200
+
+
+def test_keepalive_and_pipelining(env):
+    import socket
+    s = socket.create_connection(("127.0.0.1", env.mg.admin_port))
+    s.settimeout(10)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n" * 3 +
+              b"GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    assert data.count(b"HTTP/1.1 200 OK") == 3 and data.count(b"HTTP/1.1 404 ") == 1, data
+
+
 # ---- TLS admin port with client certificates ----------------------------------------------
 
 
