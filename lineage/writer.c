@@ -155,7 +155,7 @@ static int enqueue(struct mg_lineage_writer *w, struct item *it) {
   bool wake;
   if (w->qlen == 1) {
     w->q_first_us = mg_mono_now_us();
-    wake = w->durability == MG_LINEAGE_WRITE_AHEAD || it->urgent;
+    wake = true; /* write-ahead: commit now; async: the writer arms its deadline */
   } else {
     wake = (it->urgent && w->qurgent == 1) || w->qlen == w->max_group;
   }
