@@ -65,6 +65,8 @@
 #define DUP_WINDOW_NS      (120LL * 1000000000LL)
 #define API_WAIT_MS        5000
 #define SETTLE_MS          3000
+#define ACK_WAIT_MS        5000  /* per async publish; libnats reports a timeout after it */
+#define HEAD_STALL_US      ((ACK_WAIT_MS + 3000) * 1000LL) /* no answer at all: resync */
 #define SCAN_WAIT_MS       5000
 #define BACKOFF_MIN_MS     100
 #define BACKOFF_MAX_MS     5000
@@ -75,6 +77,7 @@ struct rec {
   bool cp;
   uint64_t first, last; /* cp: first = last = size */
   uint64_t seq;
+  int64_t sent_us;
   size_t bytes;
   char *note;           /* cp only, kept to requeue it when the publish fails */
   enum rec_state state;
@@ -344,6 +347,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
         r->dup = pa->Duplicate || pa->Sequence == 0;
       } else {
         r->state = REC_FAILED;
+        s->need_resync = true; /* stop sending after a failure: later ones would fail too */
         if (pae)
           mg_warn("lineage nats: publish of %s %" PRIu64 " failed: %s (%s, jetstream error %d)",
                   cp ? "checkpoint" : "entries", key, natsStatus_GetText(pae->Err),
@@ -360,6 +364,7 @@ static void on_pub_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, 
 
 struct readctx {
   struct mg_buf *body;
+  size_t cap;
   uint64_t expect;
   uint64_t n;
   bool full;
@@ -372,7 +377,7 @@ static int read_line(void *arg, uint64_t index, const char *line, size_t len) {
     c->err = MG_LINEAGE_E_STORE;
     return 1;
   }
-  if (c->n > 0 && c->body->len + len + 1 > MAX_BODY) {
+  if (c->n > 0 && c->body->len + len + 1 > c->cap) {
     c->full = true;
     return 1;
   }
@@ -388,7 +393,11 @@ static int read_line(void *arg, uint64_t index, const char *line, size_t len) {
 /* Reads entries [first, first+max) (fewer when the body cap is reached). *n = count. */
 static int read_entries(struct mg_shipper *s, uint64_t first, uint64_t max, struct mg_buf *body,
                         uint64_t *n) {
-  struct readctx c = {.body = body, .expect = first};
+  struct readctx c = {.body = body, .expect = first, .cap = MAX_BODY};
+  /* a server configured below the default 1 MiB max_payload: leave room for headers */
+  int64_t mp = s->nc ? natsConnection_GetMaxPayload(s->nc) : 0;
+  if (mp > 8192 && (uint64_t)mp - 4096 < MAX_BODY)
+    c.cap = (size_t)mp - 4096;
   mg_buf_reset(body);
   int rc = mg_lineage_log_read(s->log, first, max, read_line, &c);
   if (c.err)
@@ -744,6 +753,11 @@ static int resync(struct mg_shipper *s) {
               s->reported);
   } else if (st != NATS_OK) {
     rc = nats_err(s, "reading the last message", st, jerr);
+    if (jerr == JSStreamNotFoundErr) { /* deleted under us: create it again */
+      pthread_mutex_lock(&s->mu);
+      s->need_setup = true;
+      pthread_mutex_unlock(&s->mu);
+    }
     goto out;
   } else {
     uint64_t lfirst = UINT64_MAX;
@@ -890,7 +904,8 @@ static int send_one(struct mg_shipper *s, struct mg_buf *body) {
   }
   pthread_mutex_lock(&s->mu);
   struct rec *r = &s->ring[(s->ring_head + s->ring_n) % MAX_INFLIGHT];
-  *r = (struct rec){.cp = cp, .first = first, .last = last, .bytes = body->len, .note = note};
+  *r = (struct rec){.cp = cp, .first = first, .last = last, .bytes = body->len, .note = note,
+                    .sent_us = mg_mono_now_us()};
   s->ring_n++;
   s->ring_bytes += body->len;
   pthread_mutex_unlock(&s->mu);
@@ -898,6 +913,7 @@ static int send_one(struct mg_shipper *s, struct mg_buf *body) {
   jsPubOptions po;
   jsPubOptions_Init(&po);
   po.MsgId = msgid;
+  po.MaxWait = ACK_WAIT_MS; /* an ack lost with a leader or a connection must not stall us */
   natsStatus st = js_PublishMsgAsync(s->js, &m, &po);
   natsMsg_Destroy(m); /* no-op when the library took it */
   if (st != NATS_OK) {
@@ -949,9 +965,10 @@ static void *shipper_main(void *arg) {
       if (!rc)
         rc = resync(s);
       pthread_mutex_lock(&s->mu);
-      if (rc == MG_LINEAGE_E_FOREIGN) {
+      if (rc == MG_LINEAGE_E_FOREIGN) { /* found after an outage at start: stop shipping */
         set_error(s, rc);
         s->fatal = true;
+        atomic_store(&s->connected, false);
         break;
       }
       if (rc) {
@@ -969,6 +986,12 @@ static void *shipper_main(void *arg) {
       set_error(s, 0);
     }
     bool moved = advance_locked(s);
+    if (s->ring_n && s->ring[s->ring_head].state == REC_PENDING &&
+        mg_mono_now_us() - s->ring[s->ring_head].sent_us > HEAD_STALL_US) {
+      mg_warn("lineage nats: no acknowledgement for %.0f s: resynchronising",
+              (double)HEAD_STALL_US / 1e6);
+      s->need_resync = true;
+    }
     if (s->need_resync)
       continue;
     pthread_mutex_unlock(&s->mu);
