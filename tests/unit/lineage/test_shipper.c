@@ -682,6 +682,7 @@ static void test_unreachable_at_start(void **st) {
   }
   bool ok = wait_acked(s, 50, 30000);
   tlog_close(t);
+
   kill(pid, SIGTERM);
   waitpid(pid, NULL, 0);
   char cmd[128];
@@ -689,6 +690,16 @@ static void test_unreachable_at_start(void **st) {
   assert_int_equal(system(cmd), 0);
   assert_true(ok);
   assert_int_equal(a.last, 50);
+  /* a sidecar stopped while NATS is still unreachable stops promptly */
+  struct acks a2;
+  struct tlog *t2 = tlog_open("lineage.example/never");
+  tlog_append(t2, 5);
+  const char *dead[1] = {"nats://127.0.0.1:1"};
+  assert_int_equal(ship_rc(t2, dead, 1, "NEVER", "never", 1, &a2, &s), 0);
+  usleep(300000);
+  t0 = mg_mono_now_us();
+  tlog_close(t2);
+  assert_true(mg_mono_now_us() - t0 < 2000000);
 }
 
 /* Two origins in one stream: the export has one section per origin, each complete. */
