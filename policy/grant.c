@@ -76,22 +76,24 @@ static void problem(struct vctx *c, const char *ptr, const char *fmt, ...) {
  * back to the author) at a UTF-8 boundary. */
 static void ptr_join(char *out, size_t cap, const char *base, const char *tok) {
   size_t n = strlen(base);
-  if (n >= cap - 1) { snprintf(out, cap, "%s", base); return; }
+  /* base, '/', and at least "..." + NUL must fit; otherwise keep the base alone */
+  if (n + 5 > cap) {
+    snprintf(out, cap, "%s", base);
+    return;
+  }
   memmove(out, base, n);
   out[n++] = '/';
-  size_t room = cap - n - 4;
-  if (room > 64) room = 64;
+  size_t limit = n + 64;                 /* echo at most 64 bytes of a key */
+  if (limit > cap - 4) limit = cap - 4;  /* always room for "..." and NUL */
   size_t i = 0;
-  for (; tok[i] && n < cap - 4; i++) {
-    if (room == 0) break;
-    if (tok[i] == '~' || tok[i] == '/') {
-      if (room < 2) break;
+  for (; tok[i]; i++) {
+    bool esc = tok[i] == '~' || tok[i] == '/';
+    if (n + (esc ? 2 : 1) > limit) break;
+    if (esc) {
       out[n++] = '~';
       out[n++] = tok[i] == '~' ? '0' : '1';
-      room -= 2;
     } else {
       out[n++] = tok[i];
-      room--;
     }
   }
   if (tok[i]) {

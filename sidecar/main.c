@@ -455,6 +455,7 @@ static int cmd_serve(int argc, char **argv) {
 fail_admin:
   if (status) mg_server_stop(app.server, 0);
   mg_server_free(app.server);
+  mg_pipeline_shutdown();
 fail_server:
   mg_lineage_writer_close(app.lineage);
 fail_lineage:

@@ -12,6 +12,7 @@
  *
  * Fail closed: a lineage or policy failure answers 503 and nothing is forwarded.
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,8 +22,10 @@
 #include "sidecar/canon.h"
 #include "sidecar/proxy.h"
 
-/* Per-worker state, created on the first request of a worker. */
+/* Per-worker state, created on the first request of a worker and freed by
+ * mg_pipeline_shutdown() once the workers have stopped. */
 struct pworker {
+  struct pworker *next;      /* registry, for shutdown */
   struct mg_authn_cache *cache;
   struct mg_policy_index *ix; /* cached reference to the app's current index */
   struct mg_buf log;          /* access-log line scratch */
@@ -65,15 +68,38 @@ struct wake {
 
 static void process(struct rq *r);
 
+static struct pworker *pworkers;
+static pthread_mutex_t pworkers_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static struct pworker *pw_get(struct mg_worker *w) {
   struct pworker *p = mg_worker_get_data(w);
   if (p) return p;
   p = calloc(1, sizeof *p);
   if (!p) return NULL;
   p->cache = mg_authn_cache_new(4096);
+  if (!p->cache) { free(p); return NULL; }
   mg_buf_init(&p->log);
+  pthread_mutex_lock(&pworkers_lock);
+  p->next = pworkers;
+  pworkers = p;
+  pthread_mutex_unlock(&pworkers_lock);
   mg_worker_set_data(w, p);
   return p;
+}
+
+void mg_pipeline_shutdown(void) {
+  pthread_mutex_lock(&pworkers_lock);
+  struct pworker *p = pworkers;
+  pworkers = NULL;
+  pthread_mutex_unlock(&pworkers_lock);
+  while (p) {
+    struct pworker *next = p->next;
+    mg_authn_cache_free(p->cache);
+    if (p->ix) mg_policy_index_unref(p->ix);
+    mg_buf_clear(&p->log);
+    free(p);
+    p = next;
+  }
 }
 
 /* The app's current index, re-referenced only when it changed (one atomic load per
@@ -94,6 +120,13 @@ static enum mg_decision_kind decision_kind(const char *d) {
   if (!strcmp(d, "deny")) return MG_DEC_DENY;
   if (!strcmp(d, "unauthenticated")) return MG_DEC_UNAUTH;
   return MG_DEC_ERROR;
+}
+
+/* One log line per second at most: a full log refuses every request, and the metric and
+ * /readyz carry the rest. */
+static bool log_allowed(_Atomic int64_t *last_us) {
+  int64_t now = mg_mono_now_us(), prev = atomic_load_explicit(last_us, memory_order_relaxed);
+  return now - prev >= 1000000 && atomic_compare_exchange_strong(last_us, &prev, now);
 }
 
 /* ---- local answers ---- */
@@ -152,16 +185,20 @@ static void refuse(struct rq *r, int status, const char *decision, const char *e
   fill_access(r, &a);
   int rv = mg_lineage_submit_access(mg_app->lineage, &a, NULL, NULL, NULL);
   if (rv < 0) {
+    static _Atomic int64_t last_log = INT64_MIN / 2;
     atomic_fetch_add(&mg_app->metrics.lineage_failures, 1);
-    mg_warn("lineage: could not record refused request %s: %s", r->request_id, mg_strerror(rv));
+    if (log_allowed(&last_log))
+      mg_warn("lineage: could not record refused request %s: %s", r->request_id, mg_strerror(rv));
   }
   answer(r, status, error, detail, extra, nextra);
 }
 
 static void unavailable(struct rq *r, int err) {
-  atomic_fetch_add(&mg_app->metrics.lineage_failures, 1);
-  atomic_store(&mg_app->ready, 0);
-  mg_error("lineage: cannot record request %s (%s): refusing with 503", r->request_id, mg_strerror(err));
+  static _Atomic int64_t last_log = INT64_MIN / 2;
+  uint64_t n = atomic_fetch_add(&mg_app->metrics.lineage_failures, 1) + 1;
+  if (log_allowed(&last_log))
+    mg_error("lineage: cannot record request %s (%s): refusing with 503 (%llu refused so far)",
+             r->request_id, mg_strerror(err), (unsigned long long)n);
   r->decision = "error";
   answer(r, 503, "lineage_unavailable", "the lineage log cannot record this request", NULL, 0);
 }

@@ -59,6 +59,8 @@ struct mg_req_outcome {
 /* ---- implemented by pipeline.c ---- */
 void mg_pipeline_on_request(struct mg_req *req);
 void mg_pipeline_on_close(struct mg_req *req, const struct mg_req_outcome *o);
+/* Frees the pipeline's per-worker state; call after mg_server_stop (no worker runs). */
+void mg_pipeline_shutdown(void);
 
 /* ---- implemented by the transport ---- */
 const struct mg_req_info *mg_req_info(const struct mg_req *req);
@@ -133,6 +135,11 @@ int mg_server_port(const struct mg_server *s);
  *  - Timers: 10 s to finish the preface / TLS handshake / a header block (else the
  *    connection closes); idle_timeout_s without requests closes a connection (PINGs do
  *    not count); a stream whose client neither sends the body it owes nor reads the
- *    response for idle_timeout_s is reset (CANCEL). */
+ *    response for idle_timeout_s is reset (CANCEL). response_timeout_ms counts from the
+ *    forward, restarted by every request body byte the upstream accepts (a long upload
+ *    is not a slow upstream).
+ *  - A response finished while the client still uploads: up to 256 KiB more of the body
+ *    is drained and discarded (curl 7.x drops a response followed by an immediate
+ *    RST_STREAM), then RST_STREAM(NO_ERROR). */
 
 #endif /* MG_SIDECAR_PROXY_H */

@@ -412,6 +412,34 @@ static void test_diag_bounded(void **st) {
   free(s);
 }
 
+/* Regression (found by fuzz_admin): unknown member names made of '~' (escaped to two
+ * bytes each) nested deep enough to fill the diag pointer buffer overflowed it. */
+static void test_long_escaped_pointers(void **st) {
+  (void)st;
+  struct mg_buf b;
+  mg_buf_init(&b);
+  mg_buf_appends(&b, "[");
+  for (int k = 0; k < 3; k++) {
+    mg_buf_appends(&b, k ? ",{\"id\":\"g" : "{\"id\":\"g");
+    mg_buf_appendf(&b, "%d\"", k);
+    for (int depth = 1; depth < 40; depth++) {
+      mg_buf_appends(&b, ",\"");
+      for (int i = 0; i < 90 + depth; i++) mg_buf_appends(&b, i % 3 ? "~" : "/");
+      mg_buf_appendf(&b, "%d\":1", depth);
+    }
+    mg_buf_appends(&b, "}");
+  }
+  mg_buf_appends(&b, "]");
+  struct mg_grant **gs = NULL;
+  size_t n = 0;
+  struct mg_policy_diag d = {0};
+  assert_int_equal(mg_policy_grants_parse(b.data, b.len, &gs, &n, &d), MG_POLICY_E_INVALID);
+  assert_true(d.n > 0);
+  for (size_t i = 0; i < d.n; i++) assert_true(strlen(d.msgs[i]) < 4096);
+  mg_policy_diag_clear(&d);
+  mg_buf_clear(&b);
+}
+
 static void test_errors_and_reasons(void **st) {
   (void)st;
   mg_policy_init();
@@ -437,6 +465,7 @@ int main(void) {
       cmocka_unit_test(test_grants_array),
       cmocka_unit_test(test_diag_bounded),
       cmocka_unit_test(test_errors_and_reasons),
+      cmocka_unit_test(test_long_escaped_pointers),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
