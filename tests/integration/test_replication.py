@@ -54,6 +54,7 @@ class Sidecar:
         self.dir = str(d)
         os.makedirs(self.dir, exist_ok=True)
         self.cluster, self.stream, self.subject, self.origin = cluster, stream, subject, origin
+        mgtest.make_keys_and_jwks(self.dir)   # the config names an issuer; no token is used
         self.up = mgtest.start_upstream(self.dir)
         self.cfg = mgtest.write_config(self.dir, {
             "upstream": {"address": "127.0.0.1:%d" % self.up.port, "protocol": "h2c"},
@@ -215,7 +216,7 @@ def stream_leader(cluster, stream):
 
 
 def test_steady_load_every_entry_once(cluster, tmp_path):
-    sc = Sidecar(tmp_path / "a", cluster, "REPL1", "lineage.orders", "test.example/orders/h1")
+    sc = Sidecar(tmp_path / "a", cluster, "REPL1", "lineage.r1", "test.example/orders/h1")
     try:
         sc.start()
         ok, failed, _ = load(sc, 3000)
@@ -228,7 +229,7 @@ def test_steady_load_every_entry_once(cluster, tmp_path):
 
 
 def test_node_killed_during_load(cluster, tmp_path):
-    sc = Sidecar(tmp_path / "a", cluster, "REPL2", "lineage.orders", "test.example/orders/h2")
+    sc = Sidecar(tmp_path / "a", cluster, "REPL2", "lineage.r2", "test.example/orders/h2")
     try:
         sc.start()
         ld = Loader(sc, per_round=300, max_s=60)
@@ -252,7 +253,7 @@ def test_node_killed_during_load(cluster, tmp_path):
 
 @pytest.mark.slow
 def test_cluster_down_30s_during_load(cluster, tmp_path):
-    sc = Sidecar(tmp_path / "a", cluster, "REPL3", "lineage.orders", "test.example/orders/h3")
+    sc = Sidecar(tmp_path / "a", cluster, "REPL3", "lineage.r3", "test.example/orders/h3")
     try:
         sc.start()
         ld = Loader(sc, per_round=200, max_s=90)
@@ -281,7 +282,7 @@ def test_cluster_down_30s_during_load(cluster, tmp_path):
 
 
 def test_meshgate_kill9_while_shipping_then_restart(cluster, tmp_path):
-    sc = Sidecar(tmp_path / "a", cluster, "REPL4", "lineage.orders", "test.example/orders/h4")
+    sc = Sidecar(tmp_path / "a", cluster, "REPL4", "lineage.r4", "test.example/orders/h4")
     try:
         sc.start()
         ld = Loader(sc, per_round=300, max_s=30)
