@@ -102,9 +102,15 @@ static int hashes_json(struct mg_buf *b, uint8_t h[][MG_HASH_LEN], size_t n) {
   return rc ? rc : mg_buf_appends(b, "]");
 }
 
+/* A filtered export's checkpoint line says so ("filtered":1): verify then accepts an export
+ * in which nothing matched, which it must refuse for an unfiltered one (a deleted log). */
+static const struct mg_buf filtered_marker;
+#define FILTERED (&filtered_marker)
+
 static int checkpoint_line(struct mg_buf *b, const char *note, const struct mg_buf *leaves) {
   int rc = mg_buf_appends(b, "{\"checkpoint\":");
   if (!rc) rc = mg_buf_append_json_str(b, note, strlen(note));
+  if (!rc && leaves == FILTERED) return mg_buf_appends(b, ",\"filtered\":1}\n");
   if (!rc && leaves) {
     size_t need = 4 * ((leaves->len + 2) / 3) + 1;
     if (!(rc = mg_buf_appends(b, ",\"leaves\":\"")) && !(rc = mg_buf_reserve(b, need))) {
@@ -116,6 +122,7 @@ static int checkpoint_line(struct mg_buf *b, const char *note, const struct mg_b
 }
 
 /* The next stored checkpoint with size > after (and <= limit). */
+
 static int next_cp(struct mg_lineage_log *log, uint64_t after, uint64_t limit, char **note,
                    uint64_t *size) {
   MDB_txn *txn;
@@ -390,14 +397,24 @@ int mg_lineage_export(struct mg_lineage_reader *r, const struct mg_lineage_filte
     goto out;
   if ((rc = first_since(r->log, f->since_us, s, &k))) goto out;
   if (!is_filtered(f)) {
-    if (k < s) rc = export_all(r->log, origin, k, s, out);
+    if (k < s) {
+      rc = export_all(r->log, origin, k, s, out);
+    } else if (s > 0) {
+      /* --since after the last checkpoint: nothing to export, but the prefix and the
+       * checkpoint still prove the range is empty */
+      struct mg_buf b;
+      mg_buf_init(&b);
+      if (!(rc = export_all(r->log, origin, s, s, out)) && !(rc = checkpoint_line(&b, note, NULL)))
+        rc = put(out, b.data, b.len);
+      mg_buf_clear(&b);
+    }
   } else {
     struct fctx x = {r->log, f, s, out, {0}};
     mg_buf_init(&x.b);
     rc = walk(r->log, k, s, false, filtered_cb, &x);
     if (!rc) {
       mg_buf_reset(&x.b);
-      if (!(rc = checkpoint_line(&x.b, note, NULL))) rc = put(out, x.b.data, x.b.len);
+      if (!(rc = checkpoint_line(&x.b, note, FILTERED))) rc = put(out, x.b.data, x.b.len);
     }
     mg_buf_clear(&x.b);
   }

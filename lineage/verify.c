@@ -156,6 +156,7 @@ struct vstate {
   struct origin *last;
   struct held held;
   bool any_proof;
+  bool filtered_marker;     /* a checkpoint line said "filtered":1 */
   long line;
 };
 
@@ -714,10 +715,13 @@ static int filtered_checkpoint(struct vstate *s, struct origin *o, uint64_t size
 
 static int on_checkpoint(struct vstate *s, json_t *obj) {
   json_t *note = json_object_get(obj, "checkpoint"), *leaves = json_object_get(obj, "leaves");
-  static const char *const keys[] = {"checkpoint", "leaves"};
+  json_t *filtered = json_object_get(obj, "filtered");
+  static const char *const keys[] = {"checkpoint", "leaves", "filtered"};
   long line = s->line;
-  if (!json_is_string(note) || !only_keys(obj, keys, 2) || (leaves && !json_is_string(leaves)))
+  if (!json_is_string(note) || !only_keys(obj, keys, 3) || (leaves && !json_is_string(leaves)) ||
+      (filtered && (!json_is_integer(filtered) || json_integer_value(filtered) != 1 || leaves)))
     return fail(s, MG_LINEAGE_E_FORMAT, line, UINT64_MAX, "line %ld: malformed checkpoint line", line);
+  if (filtered) s->filtered_marker = true;
   const char *text = json_string_value(note);
   size_t n = json_string_length(note);
   /* The body is the text before the last blank line; parse it first to name the size. */
@@ -819,7 +823,7 @@ static int finish(struct vstate *s) {
       return fail(s, MG_LINEAGE_E_VERIFY, o->npending ? o->pending[0].line : 0, first,
                   "entry %" PRIu64 ": not covered by any checkpoint (appended after the last checkpoint)", first);
     }
-    if (!o->started && o->empty_cp_line && !s->any_proof)
+    if (!o->started && o->empty_cp_line && !s->any_proof && !s->filtered_marker)
       return fail(s, MG_LINEAGE_E_VERIFY, o->empty_cp_line, 0,
                   "entry 0: missing, checkpoint %" PRIu64 " of %s covers entries the export lacks (truncated export)",
                   o->empty_cp_size, o->name);

@@ -261,6 +261,29 @@ static void test_filtered(void **state) {
   x = export_(&f, MG_LINEAGE_NDJSON, &n);
   assert_int_equal(count(x, "\n"), 1);
   assert_memory_equal(x, "{\"checkpoint\":", 14);
+  assert_non_null(strstr(x, ",\"filtered\":1}"));
+  assert_int_equal(verify_(x, n, &res), 0);   /* nothing matched: nothing to prove */
+  assert_int_equal(res.entries, 0);
+  /* without the marker the same lines read as an unfiltered export whose entries are gone */
+  char *m = strstr(x, ",\"filtered\":1}");
+  memmove(m, m + 13, strlen(m + 13) + 1);
+  assert_int_not_equal(verify_(x, strlen(x), &res), 0);
+  free(x);
+}
+
+/* --since after the last checkpoint: prefix + that checkpoint, which verifies. */
+static void test_since_after_end(void **state) {
+  (void)state;
+  struct mg_lineage_filter f;
+  mg_lineage_filter_init(&f);
+  f.since_us = mg_time_now_us() + 3600 * 1000000LL;
+  size_t n;
+  char *x = export_(&f, MG_LINEAGE_NDJSON, &n);
+  assert_int_equal(count(x, "\n"), 2);
+  assert_memory_equal(x, "{\"prefix\":", 10);
+  struct mg_lineage_verify_result res;
+  assert_int_equal(verify_(x, n, &res), 0);
+  assert_int_equal(res.entries, 0);
   free(x);
 }
 
@@ -337,7 +360,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_unfiltered),  cmocka_unit_test(test_since_prefix),
       cmocka_unit_test(test_filtered),    cmocka_unit_test(test_openlineage),
-      cmocka_unit_test(test_proofs_json),
+      cmocka_unit_test(test_proofs_json), cmocka_unit_test(test_since_after_end),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
