@@ -476,10 +476,10 @@ int mg_req_forward(struct mg_req *r, const char *path, size_t path_len, const ng
   r->fwd_nv = nv;
   r->fwd_nnv = n;
   r->forwarded = true;
-  r->resp_deadline_us =
-      mg_mono_now_us() + (int64_t)(wcfg->upstream.response_timeout_ms > 0
-                                       ? wcfg->upstream.response_timeout_ms
-                                       : 30000) * 1000;
+  r->resp_timeout_us = (int64_t)(wcfg->upstream.response_timeout_ms > 0
+                                     ? wcfg->upstream.response_timeout_ms
+                                     : 30000) * 1000;
+  r->resp_deadline_us = mg_mono_now_us() + r->resp_timeout_us;
   req_timer(r, MG_TIMER_BODY, MG_MIN((r->resp_deadline_us - mg_mono_now_us()) / 1000,
                                      (int64_t)idle_s(conn_cfg(c)) * 1000));
   mg_tp_up_start(r);
@@ -619,6 +619,10 @@ void mg_tp_req_consumed_body(struct mg_req *r, size_t n) {
     return;
   nghttp2_session_consume(c->sess, r->stream_id, n);
   r->last_progress_us = mg_mono_now_us();
+  /* The response clock runs from the last body byte the upstream accepted: a long upload
+   * is not a slow upstream, an upstream that stops reading is. */
+  if (!r->responded)
+    r->resp_deadline_us = r->last_progress_us + r->resp_timeout_us;
   mg_tp_conn_want_write(c);
 }
 
@@ -830,6 +834,12 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid, const u
   /* Nobody will read these bytes: give the window straight back. */
   if (!r || r->local || (r->forwarded && r->up_kind == MG_UP_NONE && !r->queued)) {
     nghttp2_session_consume(s, sid, len);
+    if (r) {
+      r->drained += len;
+      r->last_progress_us = mg_mono_now_us();
+      if (r->resp_sent && r->drained - len <= MG_TP_DRAIN_MAX && r->drained > MG_TP_DRAIN_MAX)
+        nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, sid, NGHTTP2_NO_ERROR);
+    }
     return 0;
   }
   if (mg_tp_ring_write(&r->reqbuf, data, len) < len) {
@@ -856,9 +866,15 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *u
       !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
     return 0;
   r = nghttp2_session_get_stream_user_data(s, frame->hd.stream_id);
-  /* Response complete while the client is still sending: tell it to stop (RFC 9113 §8.1). */
-  if (r && !r->req_eof)
-    nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+  /* Response complete while the client is still sending. RFC 9113 §8.1 allows an
+   * immediate RST_STREAM(NO_ERROR), but common clients (curl 7.x) then drop the response
+   * they already have. So let a small rest drain (discarded, window given back) and only
+   * reset once it exceeds MG_TP_DRAIN_MAX; a client that stalls meets the body timer. */
+  if (r && !r->req_eof) {
+    r->resp_sent = true;
+    if (r->drained > MG_TP_DRAIN_MAX)
+      nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+  }
   return 0;
 }
 

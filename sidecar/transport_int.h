@@ -32,6 +32,8 @@
 #define MG_TP_OUT_LOW (64u * 1024)     /* resume below this */
 #define MG_TP_RESP_HDR_MAX (64u * 1024) /* upstream response header / trailer bytes */
 #define MG_TP_RING_MIN (16u * 1024)
+#define MG_TP_DRAIN_MAX (256u * 1024) /* request bytes discarded after a finished response
+                                         before RST_STREAM(NO_ERROR) */
 
 /* ---- small building blocks (conn.c) ---- */
 
@@ -106,6 +108,8 @@ struct mg_req {
   bool up_deferred;             /* upstream (h2) request data provider is waiting */
   bool req_up_done;             /* request fully handed to the upstream */
   bool closing;                 /* on_stream_close running */
+  bool resp_sent;               /* response END_STREAM went out, request still open */
+  uint64_t drained;             /* request body bytes discarded */
 
   struct mg_ring reqbuf;        /* client -> upstream body, unconsumed downstream window */
   struct mg_ring respbuf;       /* upstream -> client body, unconsumed upstream window */
@@ -135,6 +139,7 @@ struct mg_req {
   int timer_mode;
   int64_t last_progress_us;
   int64_t resp_deadline_us;     /* forwarded: response headers due by then (else 504) */
+  int64_t resp_timeout_us;      /* upstream.response_timeout_ms of this request */
 
   struct mg_req_outcome out;
   struct mg_arena arena;

@@ -81,7 +81,11 @@ class H2Client:
                     break
                 if n <= 0:
                     break
-                self.conn.send_data(sid, bytes(view[:n]))
+                try:
+                    self.conn.send_data(sid, bytes(view[:n]))
+                except h2.exceptions.StreamClosedError:  # reset by the server: stop
+                    view = memoryview(b"")
+                    break
                 view = view[n:]
             if view:
                 self.pending[sid] = view
@@ -869,3 +873,36 @@ def test_upstream_comes_back(passthrough_bin, proxies, tmp_path, proto):
     finally:
         u.stop()
     c.close()
+
+
+def test_early_response_while_client_uploads(passthrough_bin, upstream, proxies):
+    """A local answer before the body arrived: the client still gets a clean response
+    (the small rest of the body drains); a large rest is cut with RST_STREAM(NO_ERROR)."""
+    p = proxies(passthrough_bin, upstream.address)
+    c = subprocess.Popen(["curl", "-sS", "--http2-prior-knowledge", "-T", "-", "-X", "POST",
+                          "-w", "\n%{http_code}", p.url + "/__local404"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.3)  # the 404 is out before the first body byte
+    out, err = c.communicate(b"x" * 1000, timeout=10)
+    assert c.returncode == 0, err
+    assert out.decode().endswith("\n404")
+    h = H2Client(p.port)
+    sid = h.request("/__local404", body=os.urandom(2 << 20))
+    h.pump(lambda: h.streams[sid]["reset"] is not None, 10)
+    st = h.streams[sid]
+    assert st["status"] == 404 and st["ended"] and st["reset"] == 0
+    assert h.get("/datasets/next")["status"] == 200
+    h.close()
+
+
+def test_response_timeout_counts_from_last_body_byte(passthrough_bin, upstream, proxies):
+    """An upload that takes longer than response_timeout_ms is not a slow upstream."""
+    p = proxies(passthrough_bin, upstream.address, "--response-timeout-ms", "500")
+    c = subprocess.Popen(["curl", "-sS", "--http2-prior-knowledge", "-T", "-", "-X", "POST",
+                          p.url + "/upload"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    for _ in range(10):  # 1.5 s of trickling
+        c.stdin.write(b"y" * 1000)
+        c.stdin.flush()
+        time.sleep(0.15)
+    out, _ = c.communicate(timeout=10)
+    assert json.loads(out)["bytes"] == 10000
