@@ -3,8 +3,10 @@
  * replicated log back from JetStream and writes the same ndjson export as a local export,
  * one section per origin (origins in byte order).
  *
- * The stream is read once, in sequence order, through an ordered consumer (bounded waits)
- * up to the last sequence at the start of the export. Messages without an Mg-Kind header
+ * The stream is read in sequence order through ordered consumers (bounded waits) up to its
+ * last sequence at the start of the export, one consumer per subject pattern of the stream
+ * that holds messages (a consumer's filter must be covered by the stream's subjects; with
+ * --origin, one per concrete subject of that origin). Messages without an Mg-Kind header
  * belong to other producers sharing the stream and are skipped. The origin is the decoded
  * last subject token (see shipper.c). After a publish failure the shipper may have stored
  * an origin's messages out of index order (never twice, never with a gap), so entries are
@@ -46,6 +48,7 @@ struct osec {
   struct cpn *cps;
   size_t ncps, capcps;
   uint64_t dups;
+  uint64_t last_seq;   /* overlapping patterns deliver a message twice: keep the first */
 };
 
 struct xctx {
@@ -167,6 +170,9 @@ static int on_msg(void *arg, natsMsg *m, uint64_t seq) {
     rc = -ENOMEM;
     goto done;
   }
+  if (seq <= sec->last_seq)
+    goto done;
+  sec->last_seq = seq;
   if (strcmp(kind, MG_SHIP_KIND_CHECKPOINT) == 0) {
     uint64_t size = 0;
     if (mg_shipper_header_u64(m, MG_SHIP_H_SIZE, &size) || len == 0) {
@@ -232,6 +238,49 @@ bad:
 done:
   mg_buf_clear(&origin);
   x->err = rc;
+  return rc;
+}
+
+/* Scans the messages under one of the stream's subject patterns (a consumer's filter must
+ * be covered by the stream's subjects, so a stream shared with other products is read one
+ * pattern at a time). With --origin, only the concrete subjects of that origin. */
+static int scan_pattern(jsCtx *js, const char *stream, const char *pattern, uint64_t first,
+                        uint64_t last, struct xctx *x) {
+  jsStreamInfo *si = NULL;
+  jsOptions o;
+  jsErrCode jerr = 0;
+  int rc = 0;
+  jsOptions_Init(&o);
+  o.Wait = EXPORT_WAIT_MS;
+  o.Stream.Info.SubjectsFilter = pattern;
+  natsStatus st = js_GetStreamInfo(&si, js, stream, &o, &jerr);
+  if (st != NATS_OK) {
+    const char *txt = nats_GetLastError(NULL);
+    mg_error("lineage export: stream %s subjects %s: %s", stream, pattern,
+             txt ? txt : natsStatus_GetText(st));
+    return MG_LINEAGE_E_NATS;
+  }
+  jsStreamStateSubjects *subs = si->State.Subjects;
+  if (!subs || subs->Count == 0) {
+    jsStreamInfo_Destroy(si);
+    return 0; /* nothing under this pattern: a consumer would only wait */
+  }
+  if (!x->origin) {
+    rc = mg_shipper_scan(js, stream, pattern, first, last, EXPORT_WAIT_MS, on_msg, x);
+  } else {
+    for (int i = 0; i < subs->Count && !rc; i++) {
+      struct mg_buf dec;
+      size_t tn = 0;
+      const char *tok = mg_shipper_last_token(subs->List[i].Subject, &tn);
+      mg_buf_init(&dec);
+      if (mg_shipper_token_decode(tok, tn, &dec) == 0 && dec.data &&
+          strcmp(dec.data, x->origin) == 0)
+        rc = mg_shipper_scan(js, stream, subs->List[i].Subject, first, last, EXPORT_WAIT_MS,
+                             on_msg, x);
+      mg_buf_clear(&dec);
+    }
+  }
+  jsStreamInfo_Destroy(si);
   return rc;
 }
 
@@ -405,16 +454,11 @@ int mg_lineage_export_nats(const char *url, const char *stream, const char *orig
     rc = MG_LINEAGE_E_NATS;
     goto out;
   }
-  if (si->State.Msgs > 0) {
-    /* the consumer needs a filter that the stream's subjects cover: with one subject,
-     * that one; otherwise none (the whole stream) */
-    const char *filter = si->Config && si->Config->SubjectsLen == 1 ? si->Config->Subjects[0]
-                                                                    : NULL;
-    rc = mg_shipper_scan(js, stream, filter, si->State.FirstSeq, si->State.LastSeq,
-                         EXPORT_WAIT_MS, on_msg, &x);
-    if (rc)
-      goto out;
-  }
+  for (int i = 0; si->State.Msgs > 0 && si->Config && i < si->Config->SubjectsLen && !rc; i++)
+    rc = scan_pattern(js, stream, si->Config->Subjects[i], si->State.FirstSeq,
+                      si->State.LastSeq, &x);
+  if (rc)
+    goto out;
   if (x.nsecs)
     qsort(x.secs, x.nsecs, sizeof *x.secs, cmp_sec);
   for (size_t i = 0; i < x.nsecs && !rc; i++)

@@ -791,6 +791,54 @@ static int stream_leader(jsCtx *js, const char *stream) {
   return idx;
 }
 
+/* A stream shared with another product (two subject filters, foreign messages without
+ * our headers): the shipper accepts it, the export skips the foreign messages. */
+static void test_shared_stream(void **st) {
+  (void)st;
+  natsConnection *nc = NULL;
+  jsCtx *js = js_open(&nc);
+  jsStreamConfig sc;
+  jsStreamInfo *si = NULL;
+  const char *subjects[2] = {"shop.>", "lin.shared.>"};
+  jsStreamConfig_Init(&sc);
+  sc.Name = "SHARED";
+  sc.Subjects = subjects;
+  sc.SubjectsLen = 2;
+  sc.Replicas = 3;
+  sc.DenyDelete = sc.DenyPurge = true;
+  sc.Duplicates = 60LL * 1000000000LL;
+  assert_int_equal(js_AddStream(&si, js, &sc, NULL, NULL), NATS_OK);
+  jsStreamInfo_Destroy(si);
+  jsPubAck *pa = NULL;
+  assert_int_equal(js_Publish(&pa, js, "shop.orders", "{\"x\":1}\n", 8, NULL, NULL), NATS_OK);
+  jsPubAck_Destroy(pa);
+
+  struct tlog *t = tlog_open("lineage.example/shared");
+  struct acks a;
+  struct mg_shipper *s = ship(t, "SHARED", "lin.shared", &a);
+  tlog_append(t, 10);
+  assert_int_equal(tlog_checkpoint(t), 10);
+  assert_true(wait_acked(s, 10, 20000));
+  pa = NULL;
+  assert_int_equal(js_Publish(&pa, js, "shop.orders", "{\"x\":2}\n", 8, NULL, NULL), NATS_OK);
+  jsPubAck_Destroy(pa);
+  tlog_reopen(t);
+  int rc = 0;
+  char *ex = export_to_string("SHARED", NULL, &rc);
+  assert_int_equal(rc, 0);
+  assert_null(strstr(ex, "\"x\""));
+  assert_int_equal(verify_export(ex, &t, 1), 0);
+  uint64_t k = 0;
+  for (char *save = NULL, *l = strtok_r(ex, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
+    if (strncmp(l, "{\"checkpoint\":", 14) != 0)
+      k++;
+  assert_int_equal(k, 10);
+  free(ex);
+  tlog_close(t);
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+}
+
 /* The stream leader is killed under load and restarted, then the node the shipper
  * connects to first: every entry exactly once, acks contiguous. */
 static void test_leader_killed_under_load(void **st) {
@@ -946,6 +994,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_hole_repair),
       cmocka_unit_test(test_unreachable_at_start),
       cmocka_unit_test(test_two_origins_export),
+      cmocka_unit_test(test_shared_stream),
       cmocka_unit_test(test_leader_killed_under_load),
       cmocka_unit_test(test_cluster_outage),
       cmocka_unit_test(test_sigkill_restart),
