@@ -146,6 +146,20 @@ class NatsCluster:
         return ",".join(self.urls)
 
 
+try:  # a fixture for tests that import it: `from nats_cluster import nats_cluster`
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def nats_cluster():
+        if not os.path.exists(NATS_SERVER):
+            pytest.skip("nats-server not installed")
+        c = NatsCluster(3).start()
+        yield c
+        c.stop()
+except ImportError:  # command-line use without pytest
+    pass
+
+
 # ---- a minimal NATS client ------------------------------------------------------------
 
 class RawNats:
