@@ -878,6 +878,14 @@ static int on_frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *u
   return 0;
 }
 
+ssize_t mg_tp_read_length(nghttp2_session *s, uint8_t type, int32_t sid, int32_t sess_win,
+                          int32_t stream_win, uint32_t max_frame, void *ud) {
+  int64_t n = MG_MIN((int64_t)sess_win, (int64_t)stream_win);
+  n = MG_MIN(n, (int64_t)max_frame);
+  n = MG_MIN(n, (int64_t)MG_TP_MAX_FRAME);
+  return (ssize_t)(n > 0 ? n : 1);
+}
+
 static nghttp2_session_callbacks *server_cbs;
 static nghttp2_option *server_opt;
 static pthread_once_t server_once = PTHREAD_ONCE_INIT;
@@ -891,6 +899,8 @@ static void server_init(void) {
   nghttp2_session_callbacks_set_on_stream_close_callback(server_cbs, on_stream_close);
   nghttp2_session_callbacks_set_on_frame_send_callback(server_cbs, on_frame_send);
   nghttp2_session_callbacks_set_send_data_callback(server_cbs, send_data_cb);
+  nghttp2_session_callbacks_set_data_source_read_length_callback(server_cbs,
+                                                                 mg_tp_read_length);
   nghttp2_option_new(&server_opt);
   nghttp2_option_set_no_auto_window_update(server_opt, 1);
   nghttp2_option_set_stream_reset_rate_limit(server_opt, 1000, 33);

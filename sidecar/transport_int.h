@@ -32,6 +32,7 @@
 #define MG_TP_OUT_LOW (64u * 1024)     /* resume below this */
 #define MG_TP_RESP_HDR_MAX (64u * 1024) /* upstream response header / trailer bytes */
 #define MG_TP_RING_MIN (16u * 1024)
+#define MG_TP_MAX_FRAME (256u * 1024)
 #define MG_TP_DRAIN_MAX (256u * 1024) /* request bytes discarded after a finished response
                                          before RST_STREAM(NO_ERROR) */
 
@@ -243,6 +244,10 @@ void mg_tp_req_consumed_body(struct mg_req *r, size_t n);
 /* True for inbound fields never forwarded (x-mesh-*, forwarded, x-forwarded-*, …,
  * authorization unless forward_token, hop-by-hop). */
 bool mg_tp_strip_inbound(const struct mg_config *cfg, const char *name, size_t len);
+/* nghttp2 read-length callback: DATA frames as large as the peer allows (windows, its
+ * SETTINGS_MAX_FRAME_SIZE), capped at MG_TP_MAX_FRAME; fewer frames, fewer syscalls. */
+ssize_t mg_tp_read_length(nghttp2_session *s, uint8_t type, int32_t sid, int32_t sess_win,
+                          int32_t stream_win, uint32_t max_frame, void *ud);
 /* Schedules a write of the downstream session. */
 void mg_tp_conn_want_write(struct mg_conn *c);
 

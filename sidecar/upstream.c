@@ -398,6 +398,8 @@ static void client_init(void) {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(client_cbs, up_on_data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(client_cbs, up_on_stream_close);
   nghttp2_session_callbacks_set_send_data_callback(client_cbs, up_send_data);
+  nghttp2_session_callbacks_set_data_source_read_length_callback(client_cbs,
+                                                                 mg_tp_read_length);
   nghttp2_session_callbacks_set_on_frame_not_send_callback(client_cbs, up_on_frame_not_send);
   nghttp2_option_new(&client_opt);
   nghttp2_option_set_no_auto_window_update(client_opt, 1);

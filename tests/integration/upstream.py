@@ -115,6 +115,7 @@ class H2Server(asyncio.Protocol):
         self.transport = transport
         self.conn.initiate_connection()
         self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20,
+                                   h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20,
                                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
         self.conn.increment_flow_control_window(16 << 20)
         self.flush()
