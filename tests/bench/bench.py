@@ -895,7 +895,9 @@ def write_outputs(bench, contenders, res, fsync, meta, lines):
                     "runs": c.runs, "fixed": c.fixed} for c in contenders}
     doc = {"meta": meta, "params": vars(bench.args), "targets_spec": TARGETS, "fdatasync": fsync,
            "results": res, "raw": raw}
-    (out / "latest.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    # --quick (CI) writes quick.*, so a CI run never overwrites the figures of a full run
+    stem = "quick" if bench.args.quick else "latest"
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
     md = [f"# meshgate benchmark — {meta['date']}", "",
           f"{meta['mode']}, workers={bench.args.workers}, runs={bench.args.runs}, "
@@ -910,7 +912,7 @@ def write_outputs(bench, contenders, res, fsync, meta, lines):
         md.append("")
     md += ["## Ratios, fixed rate, fdatasync, targets", "", "```"] + lines[
         next(i for i, l in enumerate(lines) if l == "ratios"):] + ["```", ""]
-    (out / "latest.md").write_text("\n".join(md))
+    (out / f"{stem}.md").write_text("\n".join(md))
 
     # gnuplot data: one row per contender measured in both sizes
     dat = ["# contender rps_small rps_big p99_small_ms p99_big_ms"]
@@ -918,9 +920,9 @@ def write_outputs(bench, contenders, res, fsync, meta, lines):
         s, b = res["sizes"]["small"][c.name], res["sizes"]["big"][c.name]
         if s["ok"] and b["ok"]:
             dat.append(f"{c.name} {s['rps']:.1f} {b['rps']:.1f} {s['p99_ms']:.4f} {b['p99_ms']:.4f}")
-    datf = out / "latest.dat"
+    datf = out / f"{stem}.dat"
     datf.write_text("\n".join(dat) + "\n")
-    png = out / "latest.png"
+    png = out / f"{stem}.png"
     if shutil.which("gnuplot") and len(dat) > 1:
         title = f"meshgate benchmark {meta['date']} ({meta['mode']}, workers={bench.args.workers})"
         r = subprocess.run(["gnuplot", "-e", f"datafile='{datf}'; outfile='{png}'; "
@@ -931,7 +933,7 @@ def write_outputs(bench, contenders, res, fsync, meta, lines):
             png = None
     else:
         png = None
-    return out, png
+    return out, stem, png
 
 
 # ---------------------------------------------------------------- main
@@ -1033,10 +1035,10 @@ def main(argv):
         res = build_report(bench, contenders, fsync)
         meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
         lines = render(bench, contenders, res, fsync, meta)
-        out, png = write_outputs(bench, contenders, res, fsync, meta, lines)
+        out, stem, png = write_outputs(bench, contenders, res, fsync, meta, lines)
         sys.stderr.flush()
         print("\n".join(lines), flush=True)
-        print(f"\nwrote {out / 'latest.json'}, {out / 'latest.md'}"
+        print(f"\nwrote {out / (stem + '.json')}, {out / (stem + '.md')}"
               + (f", {png}" if png else " (no plot)") + f"  [{meta['elapsed_s']} s]")
         failed = any(not r.get("ok") for c in contenders for rs in c.runs.values() for r in rs)
         if args.strict and (failed or any(c.reason for c in contenders)):
