@@ -477,12 +477,24 @@ class Target:
         return self.gw.entries() if self.gw else None
 
     def stop(self):
+        """Stops everything; returns sanitizer reports found in the server's output."""
         if self.gw:
             self.gw.close()
+            text = _log_text(self.gw.mg)
+        else:
+            text = ""
         if self.proxy:
             self.proxy.stop()
+            text = self.proxy.stderr()
         if self.up:
             self.up.stop()
+        return [ln for ln in text.splitlines()
+                if "AddressSanitizer" in ln or "LeakSanitizer" in ln or "runtime error:" in ln]
+
+
+def _log_text(mg):
+    import mgtest
+    return mgtest.log_text(mg)
 
 
 @contextlib.contextmanager

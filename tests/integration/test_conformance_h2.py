@@ -24,7 +24,7 @@ from h2raw import (CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS,
 def t(tmp_path_factory):
     tgt = start_target(tmp_path_factory.mktemp("conf"))
     yield tgt
-    tgt.stop()
+    assert tgt.stop() == [], "sanitizer reports (see the server log)"
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,7 @@ def t(tmp_path_factory):
     tgt = start_target(tmp_path_factory.mktemp("smug"), http1=True,
                        limits={"max_body_buffer": 65536})
     yield tgt
-    tgt.stop()
+    assert tgt.stop() == [], "sanitizer reports (see the server log)"
 
 
 @pytest.fixture(autouse=True)
