@@ -54,6 +54,32 @@ def marker():
     return "m" + uuid.uuid4().hex[:10]
 
 
+def lineage_consistent(tgt, m):
+    """Real meshgate: whatever the product saw under attack was recorded first (an allow
+    access entry per request), and each recorded request that was forwarded has exactly one
+    outcome entry. Returns the number of access entries for the marker (None: passthrough)."""
+    if not tgt.real:
+        return None
+    time.sleep(0.5)  # outcomes go in the next group commit
+    es = tgt.entries()
+    acc = [e for e in es if m in e.get("path", "") and e.get("decision") == "allow"]
+    recorded = {}
+    for e in acc:
+        recorded[e["path"]] = recorded.get(e["path"], 0) + 1
+    for r in tgt.upstream_saw(m):
+        assert recorded.get(r["path"], 0) >= 1, "forwarded without an entry: " + r["path"]
+    seen = {r["path"] for r in tgt.upstream_saw(m)}
+    outs = {}
+    for e in es:
+        if "of" in e:
+            outs[e["of"]] = outs.get(e["of"], 0) + 1
+    for e in acc:
+        if e["path"] in seen:
+            assert outs.get(e["index"], 0) == 1, e
+        assert outs.get(e["index"], 0) <= 1, e
+    return len(acc)
+
+
 def blast(c, chunks):
     """Sends a list of byte strings as fast as possible; stops when the peer closes."""
     buf = b"".join(chunks)
@@ -85,6 +111,7 @@ def test_rapid_reset_is_stopped(t):
     seen = len(t.upstream_saw(m))
     assert seen < n, "every reset stream still reached the product"
     assert cpu_seconds(t.pid) - cpu0 < 15, "rapid reset burned the CPU"
+    lineage_consistent(t, m)
     healthy(t)
 
 
@@ -263,6 +290,7 @@ def test_streams_over_concurrency_limit_refused(t):
     assert [r for r in t.upstream_saw(m) if "extra" in r["path"]] == []
     assert len(t.upstream_saw(m)) <= limit
     c.close()
+    lineage_consistent(t, m)
     healthy(t)
 
 
@@ -427,6 +455,10 @@ def test_window_stall_bounded_and_reset(tidle, window):
     assert all(c.streams[s]["rst"] == CANCEL for s in sids), [c.streams[s] for s in sids]
     assert rss_kb(tidle.pid) - rss0 < RSS_GROWTH_KB
     c.close()
+    if tidle.real:
+        assert lineage_consistent(tidle, m) == 6
+        outs = [e for e in tidle.entries() if "of" in e and e.get("reset") == CANCEL]
+        assert len(outs) >= 6
     healthy(tidle)
 
 
