@@ -115,7 +115,6 @@ class H2Server(asyncio.Protocol):
         self.transport = transport
         self.conn.initiate_connection()
         self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20,
-                                   h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20,
                                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
         self.conn.increment_flow_control_window(16 << 20)
         self.flush()
@@ -136,7 +135,8 @@ class H2Server(asyncio.Protocol):
     def data_received(self, data):
         try:
             events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
+        except h2.exceptions.ProtocolError as e:
+            print("upstream.py: h2 protocol error: %r" % (e,), file=sys.stderr, flush=True)
             self.flush()
             self.transport.close()
             return
