@@ -216,6 +216,9 @@ static int cmd_lineage_export(int argc, char **argv) {
     rv = mg_lineage_export(r, &f, fmt, stdout);
     mg_lineage_reader_close(r);
   } else {
+    if (!mg_lineage_filter_is_empty(&f) || fmt != MG_LINEAGE_NDJSON)
+      return die("lineage export --nats: filters and --format openlineage are not supported for "
+                 "the replicated stream in v1 (export it unfiltered, or use --db on the sidecar)");
     rv = mg_lineage_export_nats(nats, stream, origin, &f, fmt, stdout);
   }
   if (fflush(stdout) != 0 && rv == 0) rv = -errno;
