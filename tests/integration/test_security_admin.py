@@ -602,3 +602,98 @@ def test_upstream_vanishes_mid_download(tmp_path):
         assert r.status == 502, r
     finally:
         gw.close()
+
+
+# ------------------------------------------------------------------ the admin port over h2
+
+def _admin_ok(gw):
+    c = RawH2(gw.mg.admin_port)
+    try:
+        st = c.wait_stream(c.request("/v1/grants", headers=[("authorization",
+                                                             "Bearer " + gw.admin)]))
+        return st["status"] == 200
+    finally:
+        c.close()
+
+
+def test_admin_h2_rapid_reset(gw):
+    import struct
+    from h2raw import CANCEL, END_HEADERS, END_STREAM, HEADERS, RST_STREAM, frame
+    c = RawH2(gw.mg.admin_port)
+    chunks = []
+    for i in range(3000):
+        sid = 1 + 2 * i
+        chunks.append(frame(HEADERS, END_HEADERS | END_STREAM, sid,
+                            c.block(c.req_headers("/v1/lineage", extra=[
+                                ("authorization", "Bearer " + gw.admin)]))) +
+                      frame(RST_STREAM, 0, sid, struct.pack(">I", CANCEL)))
+    c.send(b"".join(chunks))
+    kind, code = c.wait_conn_error(10)
+    assert kind is not None, "3000 HEADERS+RST_STREAM on the admin port were not stopped"
+    c.close()
+    assert gw.mg.alive() and _admin_ok(gw)
+
+
+def test_admin_h2_continuation_flood(gw):
+    from h2raw import CONTINUATION, HEADERS, frame, literal
+    c = RawH2(gw.mg.admin_port)
+    blk = c.block(c.req_headers("/v1/grants"))
+    c.send(frame(HEADERS, 0, 1, blk) + frame(CONTINUATION, 0, 1, literal("x-c", "v")) * 20000)
+    kind, _ = c.wait_conn_error(5)
+    assert kind is not None
+    c.close()
+    assert gw.mg.alive() and _admin_ok(gw)
+
+
+def test_admin_h2_hpack_bomb(gw):
+    from h2raw import literal
+    c = RawH2(gw.mg.admin_port)
+    first = c.block(c.req_headers("/v1/grants", extra=[("authorization", "Bearer " + gw.admin)]))
+    c.headers(1, raw=first + literal("x-bomb", "A" * 4000, index=True) + bytes([0x80 | 62]) * 3000)
+    st = c.wait_stream(1)
+    assert st["status"] in (431, 400) or st["rst"] is not None or c.goaway or c.closed, st
+    assert st["status"] != 200
+    c.close()
+    assert gw.mg.alive() and _admin_ok(gw)
+
+
+def test_admin_h2_settings_flood_without_reading(gw):
+    """The admin port stops processing a flood (nghttp2 max_outbound_ack) and closes once
+    what it queued is read; memory stays flat while the client does not read."""
+    from h2raw import SETTINGS, frame, rss_kb
+    pid = gw.mg.proc.pid
+    rss0 = rss_kb(pid)
+    c = RawH2(gw.mg.admin_port, rcvbuf=4096)
+    sent = 0
+    while sent < 1000000 and not c.closed:
+        c.send(frame(SETTINGS, 0, 0) * 10000)
+        sent += 10000
+    time.sleep(0.5)
+    assert rss_kb(pid) - rss0 < 32 * 1024
+    kind, _ = c.wait_conn_error(15)  # now read: the queued ACKs, then the close
+    assert kind is not None
+    acks = sum(1 for f in c.frames if f[0] == SETTINGS and f[1] & 1)
+    assert acks < sent, "every SETTINGS frame of the flood was processed"
+    c.close()
+    assert gw.mg.alive() and _admin_ok(gw)
+
+
+@pytest.mark.parametrize("case", ["wu-zero", "data-idle", "even-sid", "bad-pseudo"])
+def test_admin_h2_protocol_errors(gw, case):
+    from h2raw import PROTOCOL_ERROR, stream_or_conn_error
+    c = RawH2(gw.mg.admin_port)
+    if case == "wu-zero":
+        c.window_update(0, 0)
+        assert c.wait_conn_error()[1] == PROTOCOL_ERROR
+    elif case == "data-idle":
+        c.data(1, b"x", end_stream=True)
+        assert c.wait_conn_error()[1] == PROTOCOL_ERROR
+    elif case == "even-sid":
+        c.headers(2, c.req_headers("/healthz"))
+        assert c.wait_conn_error()[1] == PROTOCOL_ERROR
+    else:
+        c.headers(1, [(":method", "GET"), (":scheme", "http"), (":path", "/healthz"),
+                      (":authority", "a"), (":evil", "1")])
+        assert stream_or_conn_error(c, 1, PROTOCOL_ERROR)
+    c.close()
+    assert gw.mg.alive() and _admin_ok(gw)
