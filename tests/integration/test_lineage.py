@@ -424,7 +424,13 @@ def test_unknown_key_fails(lgw, verified_export, tmp_path):
     assert r.returncode == 0, r.stderr
     data = b"\n".join(lines) + b"\n"
     rc, err = verify(data, os.path.join(kdir, "lineage.vkey"))
-    assert rc == 1 and "index 0" in err and "unknown key" in err, err
+    assert rc == 1 and "unknown key" in err, err
+    # named by the first checkpoint (it signs entries 0..size-1): its size, and index 0 or
+    # the checkpoint's last index
+    first = json.loads(lines[_cps(lines)[0]])["checkpoint"].split("\n")
+    size = int(first[1])
+    assert ("checkpoint %d " % size) in err, err
+    assert re.search(r"\bindex (0|%d)\b" % (size - 1), err), err
     # the right key among several verifies
     r = subprocess.run([mgtest.meshgate_bin(), "lineage", "verify", "--key",
                         os.path.join(kdir, "lineage.vkey"), "--key", vkey(lgw), "-"],
