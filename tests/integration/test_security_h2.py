@@ -480,3 +480,25 @@ def test_one_byte_window_dribble_bounded(tidle):
     assert rss_kb(tidle.pid) - rss0 < RSS_GROWTH_KB
     c.close()
     healthy(tidle)
+
+
+def test_client_reset_mid_upload_recorded(t):
+    """A client that aborts an upload: the product's stream ends, the connection goes on,
+    and (real meshgate) the outcome entry carries the reset."""
+    m = marker()
+    c = RawH2(t.port)
+    sid = c.request("/upload?" + m, method="POST", end=False)
+    for _ in range(8):
+        c.data(sid, b"u" * 8192)
+    c.pump(timeout=0.3)
+    c.rst(sid, CANCEL)
+    assert c.wait_stream(c.request(t.ok_path("after-rst"), headers=t.auth))["status"] == 200
+    c.close()
+    assert len(t.upstream_saw(m)) == 1
+    if t.real:
+        lineage_consistent(t, m)
+        es = t.entries()
+        (acc,) = [e for e in es if m in e.get("path", "") and "decision" in e]
+        (out,) = [e for e in es if e.get("of") == acc["index"]]
+        assert out.get("reset") == CANCEL and out["bytes_in"] <= 8 * 8192, out
+    healthy(t)
