@@ -11,9 +11,26 @@
  * is dropped, so the in-memory tree never moves past what is on disk (no gap, no repeat);
  * callbacks get the error and the writer is marked unhealthy until a commit succeeds.
  *
- * write-ahead: the writer commits as soon as anything is queued; while one fsync runs the
- * next group forms by itself. async: it commits when a group is full, when an entry has a
+ * write-ahead: the writer commits as soon as an entry with a waiter (an access entry about
+ * to be forwarded, a policy edit) is queued; while one flush runs the next group forms by
+ * itself. Entries nobody waits for (outcomes, refused requests) join the next such group,
+ * or are committed WA_LAG_US after they were queued: a lone outcome never costs a commit
+ * (two flushes) that the next forwarded request would queue behind. async: it commits when a group is full, when an entry has a
  * waiter (policy edits), or checkpoint_every_ms after the first queued entry.
+ *
+ * One flush per commit, not two. A plain LMDB commit flushes twice: the data pages
+ * (fdatasync), then the meta page (an O_DSYNC write). The writer runs the environment with
+ * MDB_NOMETASYNC and instead makes a commit durable by the NEXT flush of the file: when
+ * more entries are already queued (write-ahead under load), the group's callbacks, shipper
+ * notice and stats wait in `pend` until the next group's commit has run its data fdatasync
+ * (which writes the earlier meta page too: same file); otherwise, right after the commit,
+ * mdb_env_sync(force) flushes it. Either way nothing is acknowledged (no request forwarded,
+ * nothing shipped, no checkpoint published) before a flush that covers its meta page has
+ * returned, so the write-ahead guarantee is unchanged, and a busy writer spends one device
+ * flush per group instead of two. Integrity with one unflushed meta page is LMDB's own
+ * (NOMETASYNC "maintains database integrity": pages freed by the last commit are not reused
+ * by the next). A group with a checkpoint is never deferred. kill -9 loses nothing committed
+ * (the page cache survives), power loss at most groups never acknowledged.
  *
  * Outcomes name their access entry through a refcounted rec whose index the writer fills
  * when it assigns it; FIFO order means an outcome is always processed after its access
@@ -40,6 +57,9 @@
 #define DEFAULT_GROUP 1024
 #define DEFAULT_GROUP_ASYNC 8192
 #define DEFAULT_EVERY_MS 1000
+/* write-ahead: how long an entry nobody waits for (outcome, refused request) may wait for
+ * an access entry to ride along with before it is committed on its own */
+#define WA_LAG_US 20000
 #define BUCKETS 1024
 #define MAX_PEERS 65536
 #define SHIPPER_STOP_MS 5000
@@ -85,6 +105,7 @@ struct mg_lineage_writer {
   char *origin, *origin_json;
   enum mg_lineage_durability durability;
   int64_t every_us;
+  int64_t lag_us; /* the longest an entry nobody waits for stays queued */
   int deny_per_s;
   size_t max_group, queue_cap;
   struct mg_note_signer *signers[1 + 16];
@@ -120,6 +141,9 @@ struct mg_lineage_writer {
   size_t npeers;
   int64_t last_sweep_us;
   struct sum *sums;
+  /* committed, meta page not yet flushed: acknowledged after the next flush */
+  struct item *pend;
+  uint64_t pend_first, pend_last; /* entries to announce to the shipper (last < first: none) */
 };
 
 /* ---- recs ---------------------------------------------------------------------- */
@@ -155,7 +179,7 @@ static int enqueue(struct mg_lineage_writer *w, struct item *it) {
   bool wake;
   if (w->qlen == 1) {
     w->q_first_us = mg_mono_now_us();
-    wake = true; /* write-ahead: commit now; async: the writer arms its deadline */
+    wake = true; /* an urgent entry: commit now; else the writer arms its deadline */
   } else {
     wake = (it->urgent && w->qurgent == 1) || w->qlen == w->max_group;
   }
@@ -415,12 +439,56 @@ static int put_checkpoint(struct mg_lineage_writer *w, MDB_txn *txn, uint64_t si
   return 0;
 }
 
+/* ---- acknowledgement after the flush -------------------------------------------------- */
+
+static void callbacks_run(struct item *list, int rc) {
+  while (list) {
+    struct item *it = list;
+    list = it->next;
+    if (it->cb) it->cb(it->arg, it->skip ? 0 : rc, rc ? UINT64_MAX : it->index);
+    item_free(it);
+  }
+}
+
+/* The pending groups' meta page is on disk (flushed == 0) or its flush failed: announce
+ * and acknowledge them. */
+static void pend_release(struct mg_lineage_writer *w, int flushed) {
+  struct item *list = w->pend;
+  uint64_t first = w->pend_first, last = w->pend_last;
+  w->pend = NULL;
+  w->pend_first = 1;
+  w->pend_last = 0;
+  if (flushed) {
+    pthread_mutex_lock(&w->mu);
+    w->st.healthy = false;
+    w->st.last_error = flushed;
+    pthread_mutex_unlock(&w->mu);
+    mg_error("lineage: flush failed: %s", mg_strerror(flushed));
+  } else if (last >= first) {
+    pthread_mutex_lock(&w->mu);
+    struct mg_shipper *sh = w->shipper;
+    pthread_mutex_unlock(&w->mu);
+    if (sh) mg_shipper_notify_group(sh, first, last);
+  }
+  callbacks_run(list, flushed);
+}
+
+/* Flushes the file (the last commit's meta page) and acknowledges what waited for it. */
+static int flush_now(struct mg_lineage_writer *w) {
+  int mrc = mdb_env_sync(w->log->env, 1);
+  int rc = mrc ? mg_lineage_log_err(mrc) : 0;
+  pend_release(w, rc);
+  return rc;
+}
+
 /* ---- one group -------------------------------------------------------------------- */
 
 /* Writes the items of `list` (and due summaries) in one transaction, signing a checkpoint
- * when want_cp or due. Frees the list. Returns the commit's status (0 when nothing was
- * to be done). */
-static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_cp, bool all_sums) {
+ * when want_cp or due. With `defer` (another group follows at once) the group is
+ * acknowledged after the next commit's flush, else after its own. Takes the list. Returns
+ * the commit's status (0 when nothing was to be done). */
+static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_cp, bool all_sums,
+                     bool defer) {
   int64_t mono = mg_mono_now_us(), now = mg_time_now_us();
   struct item **tail = &list, *it;
   size_t n = 0, nwrite = 0, nsum = 0;
@@ -458,7 +526,10 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
   uint64_t ship = atomic_load(&w->ship_ack);
   bool cp = (fr.size + nwrite > w->cp_size || (w->rotate && fr.size + nwrite > 0)) &&
             (want_cp || mono - w->last_cp_us >= w->every_us);
-  if (!nwrite && !cp && ship <= w->shipped_stored) goto callbacks;
+  if (!nwrite && !cp && ship <= w->shipped_stored) {
+    if (w->pend) flush_now(w);
+    goto callbacks;
+  }
 
   char ts[MG_RFC3339_LEN];
   size_t tl = mg_time_format_rfc3339(t, ts);
@@ -501,6 +572,8 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
     rc = mg_lineage_log_err(mrc);
     goto failed;
   }
+  /* its data flush also wrote the previous commit's meta page */
+  if (w->pend) pend_release(w, 0);
 
   /* committed */
   w->fr = fr;
@@ -529,6 +602,23 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
   }
   struct mg_shipper *sh = w->shipper;
   pthread_mutex_unlock(&w->mu);
+  if (defer && !cp) {
+    /* acknowledged by the next commit's flush (or flush_now when none comes) */
+    w->pend = list;
+    w->pend_first = first;
+    w->pend_last = nwrite ? fr.size - 1 : 0;
+    if (!nwrite) w->pend_first = 1;
+    return 0;
+  }
+  if ((mrc = mdb_env_sync(w->log->env, 1))) {
+    rc = mg_lineage_log_err(mrc);
+    mg_error("lineage: flush after commit failed: %s", mg_strerror(rc));
+    pthread_mutex_lock(&w->mu);
+    w->st.healthy = false;
+    w->st.last_error = rc;
+    pthread_mutex_unlock(&w->mu);
+    goto callbacks;
+  }
   if (sh && nwrite) mg_shipper_notify_group(sh, first, fr.size - 1);
   if (sh && cp) {
     pthread_mutex_lock(&w->mu);
@@ -543,6 +633,7 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
 abort:
   mdb_txn_abort(txn);
 failed:
+  if (w->pend) flush_now(w);
   free(note);
   note = NULL;
   pthread_mutex_lock(&w->mu);
@@ -562,12 +653,7 @@ failed:
   pthread_mutex_unlock(&w->mu);
 
 callbacks:
-  while (list) {
-    it = list;
-    list = it->next;
-    if (it->cb) it->cb(it->arg, it->skip ? 0 : rc, it->index);
-    item_free(it);
-  }
+  callbacks_run(list, rc);
   free(note);
   return rc;
 }
@@ -582,15 +668,14 @@ static void *writer_main(void *arg) {
     for (;;) {
       int64_t mono = mg_mono_now_us();
       cpreq = w->cp_req != w->cp_done;
-      ready = w->qlen > 0 &&
-              (w->durability == MG_LINEAGE_WRITE_AHEAD || w->qurgent || w->qlen >= w->max_group ||
-               mono - w->q_first_us >= w->every_us || w->stop || cpreq);
+      ready = w->qlen > 0 && (w->qurgent || w->qlen >= w->max_group ||
+                              mono - w->q_first_us >= w->lag_us || w->stop || cpreq);
       cp_due = w->fr.size > w->cp_size && mono - w->last_cp_us >= w->every_us;
       int64_t sdue = sums_next_due(w);
       sum_due = sdue <= mono;
-      if (ready || cpreq || cp_due || sum_due || w->stop) break;
+      if (ready || cpreq || cp_due || sum_due || w->stop || w->pend) break;
       int64_t dl = sdue;
-      if (w->qlen && w->q_first_us + w->every_us < dl) dl = w->q_first_us + w->every_us;
+      if (w->qlen && w->q_first_us + w->lag_us < dl) dl = w->q_first_us + w->lag_us;
       if (w->fr.size > w->cp_size && w->last_cp_us + w->every_us < dl)
         dl = w->last_cp_us + w->every_us;
       if (dl == INT64_MAX) {
@@ -622,7 +707,9 @@ static void *writer_main(void *arg) {
     pthread_mutex_unlock(&w->mu);
 
     bool final = stop && !more;
-    int rc = run_group(w, list, cp_due || (cpreq && !more) || final, final);
+    /* defer the acknowledgement only when the next group is due at once */
+    bool defer = more && w->qurgent && !stop && !cpreq && w->durability == MG_LINEAGE_WRITE_AHEAD;
+    int rc = run_group(w, list, cp_due || (cpreq && !more) || final, final, defer);
 
     pthread_mutex_lock(&w->mu);
     if (cpreq && !more) {
@@ -735,6 +822,8 @@ int mg_lineage_writer_open(const struct mg_lineage_config *cfg, struct mg_lineag
   w->durability = cfg->durability;
   w->every_us = (int64_t)(cfg->checkpoint_every_ms > 0 ? cfg->checkpoint_every_ms : DEFAULT_EVERY_MS) * 1000;
   w->deny_per_s = cfg->deny_entries_per_s;
+  w->lag_us = w->durability == MG_LINEAGE_WRITE_AHEAD ? MG_MIN(w->every_us, (int64_t)WA_LAG_US)
+                                                      : w->every_us;
   /* async trades latency for throughput: bigger groups, fewer fsyncs */
   w->max_group = cfg->max_group ? cfg->max_group
                  : cfg->durability == MG_LINEAGE_ASYNC ? DEFAULT_GROUP_ASYNC : DEFAULT_GROUP;
@@ -771,11 +860,17 @@ int mg_lineage_writer_open(const struct mg_lineage_config *cfg, struct mg_lineag
   w->reader.log = w->log;
   w->reader.owned = false;
   if ((rc = recover(w))) goto fail_log;
+  /* one flush per group: see the design comment (commits are acknowledged after a flush) */
+  if ((rc = mdb_env_set_flags(w->log->env, MDB_NOMETASYNC, 1))) {
+    rc = mg_lineage_log_err(rc);
+    goto fail_log;
+  }
+  w->pend_first = 1;
   w->st.size = w->fr.size;
   w->st.checkpoint_size = w->cp_size;
   w->last_cp_us = mg_mono_now_us();
   if (w->fr.size > w->cp_size || (w->rotate && w->fr.size > 0)) {
-    int crc = run_group(w, NULL, true, false);
+    int crc = run_group(w, NULL, true, false, false);
     if (crc) mg_warn("lineage: checkpoint at open failed: %s", mg_strerror(crc));
   }
   if ((rc = pthread_create(&w->thr, NULL, writer_main, w))) {
@@ -834,6 +929,7 @@ void mg_lineage_writer_close(struct mg_lineage_writer *w) {
       w->buckets[i] = b->next;
       free(b);
     }
+  mdb_env_set_flags(w->log->env, MDB_NOMETASYNC, 0);
   mg_lineage_log_close(w->log);
   for (size_t i = 0; i <= w->nold; i++) mg_note_signer_free(w->signers[i]);
   pthread_cond_destroy(&w->cv);

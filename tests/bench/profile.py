@@ -1,0 +1,151 @@
+#!/usr/bin/python3
+"""profile.py — where meshgate's time goes, one contender at a time (issue #6).
+
+    /usr/bin/python3 tests/bench/profile.py [--meshgate BIN] [--durability write-ahead|async]
+        [--n 20000] [--rate 250] [--rate-s 3] [--repeat 3] [--perf] [--strace]
+
+Reuses bench.py's setup (nghttpd upstream, ES256 JWKS and token, config, grant) for ONE
+meshgate, then, --repeat times:
+  * closed loop  h2load -t1 -c4 -m32 -n N: req/s, p50/p99, CPU-s/1k requests of meshgate;
+  * fixed rate   h2load -t1 -c4 -m8 --rps RATE (per connection) -D S: p50/p99;
+and from meshgate's /metrics the lineage commits, entries and time in commit (so
+entries/commit and ms/commit). Medians are printed last. --perf records the closed-loop
+runs with `perf record -e cpu-clock -g` and prints the top symbols per thread; --strace
+counts meshgate's syscalls over one closed-loop run. Nothing is asserted.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+
+def metrics(port):
+    out = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("meshgate_lineage_") and not line.startswith("#"):
+                k, _, v = line.rpartition(" ")
+                try:
+                    out[k] = float(v)
+                except ValueError:
+                    pass
+    return out
+
+
+def main(argv):
+    p = argparse.ArgumentParser()
+    p.add_argument("--meshgate", default=os.environ.get("MESHGATE_BIN",
+                                                         str(bench.ROOT / "build/sidecar/meshgate")))
+    p.add_argument("--durability", default="write-ahead")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--conns", type=int, default=4)
+    p.add_argument("--streams", type=int, default=32)
+    p.add_argument("--rate", type=int, default=250, help="req/s per connection (4 connections)")
+    p.add_argument("--rate-s", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--tmpdir", default="/var/tmp")
+    p.add_argument("--perf", action="store_true")
+    p.add_argument("--strace", action="store_true")
+    p.add_argument("--strace-fixed", action="store_true",
+                   help="strace -T the write syscalls during the first fixed-rate run "
+                        "(copied to /tmp/fixed.strace)")
+    a = p.parse_args(argv)
+    a.meshgate = str(Path(a.meshgate).resolve())
+
+    b = bench.Bench(a)
+    res = {"rps": [], "p50": [], "p99": [], "cpu": [], "fp50": [], "fp99": [], "fup50": [],
+           "fup99": []}
+    try:
+        b.setup_common()
+        c = bench.Contender("mg", "meshgate", "meshgate", False, a.durability)
+        b.setup_meshgate(c)
+        admin = c.info["config"]["admin"]["address"].rsplit(":", 1)[1]
+        pid = c.proc.pid
+        url = c.url("/datasets/small")
+        bench.run_h2load(url, {"c": 4, "m": 32, "n": 5000}, b.token, b.tmp / "w.tsv", 60)
+        upurl = f"http://127.0.0.1:{b.up_port}/datasets/small"
+        for i in range(a.repeat):
+            m0 = metrics(admin)
+            cpu0 = bench.cpu_seconds(pid)
+            extra = None
+            if a.perf and i == 0:
+                extra = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-g",
+                                          "-o", str(b.tmp / "perf.data"), "-p", str(pid)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(0.3)
+            if a.strace and i == 0:
+                extra = subprocess.Popen(["strace", "-f", "-c", "-o", str(b.tmp / "strace.txt"),
+                                          "-p", str(pid)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+                time.sleep(0.5)
+            r = bench.run_h2load(url, {"c": a.conns, "m": a.streams, "n": a.n}, b.token,
+                                 b.tmp / "c.tsv", 120)
+            if extra:
+                extra.send_signal(2)
+                extra.wait(30)
+            bench.settle(pid, 15)
+            cpu1 = bench.cpu_seconds(pid)
+            m1 = metrics(admin)
+            done = r.get("done", 0) or 1
+            res["rps"].append(r.get("rps", 0))
+            res["p50"].append(r.get("p50_ms") or 0)
+            res["p99"].append(r.get("p99_ms") or 0)
+            res["cpu"].append((cpu1 - cpu0) / done * 1000)
+            com = m1.get("meshgate_lineage_commits_total", 0) - m0.get("meshgate_lineage_commits_total", 0)
+            ent = m1.get("meshgate_lineage_entries", 0) - m0.get("meshgate_lineage_entries", 0)
+            fs = m1.get("meshgate_lineage_fsync_seconds_total", 0) - m0.get("meshgate_lineage_fsync_seconds_total", 0)
+            print(f"closed  rps {r.get('rps', 0):8.0f}  p50 {r.get('p50_ms') or 0:7.3f} ms  "
+                  f"p99 {r.get('p99_ms') or 0:7.3f} ms  cpu/1k {res['cpu'][-1]:.4f}  commits {com:.0f}  "
+                  f"entries/commit {ent / com if com else 0:.1f}  ms/commit {fs / com * 1000 if com else 0:.3f}"
+                  + ("" if r.get("ok") else f"  FAILED {r.get('error')}"), flush=True)
+            for tgt, key in ((upurl, "fu"), (url, "f")):
+                m0 = metrics(admin)
+                st = None
+                if a.strace_fixed and i == 0 and key == "f":
+                    st = subprocess.Popen(["strace", "-f", "-T", "-tt", "-e",
+                                           "trace=fdatasync,fsync,pwrite64,pwritev,write,writev",
+                                           "-o", str(b.tmp / "fixed.strace"), "-p", str(pid)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(0.5)
+                r = bench.run_h2load(tgt, {"c": 4, "m": 8, "D": a.rate_s, "rps": a.rate}, b.token,
+                                     b.tmp / "f.tsv", 60)
+                if st:
+                    st.send_signal(2)
+                    st.wait(30)
+                    subprocess.run(["cp", str(b.tmp / "fixed.strace"), "/tmp/fixed.strace"])
+                m1 = metrics(admin)
+                res[key + "p50"].append(r.get("p50_ms") or 0)
+                res[key + "p99"].append(r.get("p99_ms") or 0)
+                com = m1.get("meshgate_lineage_commits_total", 0) - m0.get("meshgate_lineage_commits_total", 0)
+                fs = m1.get("meshgate_lineage_fsync_seconds_total", 0) - m0.get("meshgate_lineage_fsync_seconds_total", 0)
+                print(f"fixed {'upstream' if key == 'fu' else 'meshgate'}  p50 {res[key + 'p50'][-1]:7.3f} ms  "
+                      f"p99 {res[key + 'p99'][-1]:7.3f} ms" +
+                      (f"  commits {com:.0f}  ms/commit {fs / com * 1000 if com else 0:.3f}" if key == "f" else ""),
+                      flush=True)
+        md = {k: statistics.median(v) for k, v in res.items() if v}
+        print(f"MEDIAN {a.durability}: rps {md['rps']:.0f}  p50 {md['p50']:.3f}  p99 {md['p99']:.3f}  "
+              f"cpu/1k {md['cpu']:.4f}  fixed added p50 {md['fp50'] - md['fup50']:+.3f} ms  "
+              f"p99 {md['fp99'] - md['fup99']:+.3f} ms  (load {os.getloadavg()[0]:.1f})")
+        if a.perf:
+            rep = subprocess.run(["perf", "report", "-i", str(b.tmp / "perf.data"), "--no-children",
+                                  "--sort", "comm,dso,sym", "--stdio", "-g", "none",
+                                  "--percent-limit", "0.7"], capture_output=True, text=True)
+            print("\n".join(l for l in rep.stdout.splitlines() if l and not l.startswith("#")))
+        if a.strace:
+            print((b.tmp / "strace.txt").read_text())
+    finally:
+        b.procs.stop_all()
+        subprocess.run(["rm", "-rf", str(b.tmp)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
