@@ -355,7 +355,7 @@ def b64u(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
-def make_identity(d):
+def make_identity(d, lifetime_s=3600):
     """EC P-256 JWKS file and two tokens (data user, admin) minted with PyJWT."""
     import jwt
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -368,7 +368,7 @@ def make_identity(d):
     jwks_path = d / "idp.jwks"
     jwks_path.write_text(json.dumps(jwks))
     now = int(time.time())
-    base = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "nbf": now - 5, "exp": now + 3600}
+    base = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "nbf": now - 5, "exp": now + lifetime_s}
     user = jwt.encode(dict(base, sub="bench-user", groups=["analysts"]), key,
                       algorithm="ES256", headers={"kid": KID})
     admin = jwt.encode(dict(base, sub="bench-admin", scope="mesh:admin"), key,
@@ -452,7 +452,9 @@ class Bench:
         doc.mkdir(parents=True)
         for name, n in SIZES.items():
             (doc / name).write_bytes(os.urandom(n))
-        self.jwks, self.token, self.admin_token = make_identity(self.tmp)
+        # an hour, or longer than a long soak
+        self.jwks, self.token, self.admin_token = make_identity(
+            self.tmp, max(3600, (self.args.soak or 0) + 600))
         self.tls_key, self.tls_cert = make_cert(self.tmp)
         self.up_port = free_port()
         # -m 1000: proxies multiplex many client streams onto a few upstream connections;
