@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/un.h>
 
 #include <event2/bufferevent_ssl.h>
@@ -182,6 +183,20 @@ static void conn_kill(struct mg_conn *c) {
 }
 
 static struct mg_config *conn_cfg(const struct mg_conn *c) { return c->cfg; }
+
+/* The session is finished and its last bytes are with the kernel. Closing now could
+ * turn unread client bytes (a WINDOW_UPDATE, a PING) into a TCP RST that destroys the
+ * response tail still in the client's receive buffer. So: FIN, read and discard until the
+ * client closes, at most 2 s ("lingering close"). */
+static void conn_linger(struct mg_conn *c) {
+  struct timeval tv = {2, 0};
+  if (c->lingering || c->dead)
+    return;
+  c->lingering = true;
+  shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+  bufferevent_disable(c->bev, EV_WRITE);
+  evtimer_add(&c->timer, &tv);
+}
 
 size_t mg_tp_body_buffer(const struct mg_config *cfg) {
   size_t n = cfg->max_body_buffer ? cfg->max_body_buffer : 256 * 1024;
@@ -476,6 +491,9 @@ int mg_req_forward(struct mg_req *r, const char *path, size_t path_len, const ng
   r->fwd_nv = nv;
   r->fwd_nnv = n;
   r->forwarded = true;
+  /* Committed to the upstream: the outcome (status, or 502/504 when it proves
+   * unreachable or silent) belongs to the lineage whatever happens next. */
+  r->out.forwarded = true;
   r->resp_timeout_us = (int64_t)(wcfg->upstream.response_timeout_ms > 0
                                      ? wcfg->upstream.response_timeout_ms
                                      : 30000) * 1000;
@@ -931,7 +949,7 @@ static void conn_flush(struct mg_conn *c) {
     return;
   if (!nghttp2_session_want_read(c->sess) && !nghttp2_session_want_write(c->sess) &&
       evbuffer_get_length(out) == 0)
-    conn_kill(c);
+    conn_linger(c);
 }
 
 static void conn_flush_ev(evutil_socket_t fd, short what, void *arg) {
@@ -953,6 +971,10 @@ static void conn_readcb(struct bufferevent *bev, void *arg) {
   int nv;
   if (c->dead || !c->sess)
     return;
+  if (c->lingering) {
+    evbuffer_drain(in, evbuffer_get_length(in));
+    return;
+  }
   while ((nv = evbuffer_peek(in, -1, NULL, v, 16)) > 0) {
     size_t total = 0;
     for (int i = 0; i < nv && i < 16; i++) {
@@ -973,6 +995,8 @@ static void conn_readcb(struct bufferevent *bev, void *arg) {
 
 static void conn_writecb(struct bufferevent *bev, void *arg) {
   struct mg_conn *c = arg;
+  if (c->lingering)
+    return;
   conn_flush(c);
 }
 
@@ -1025,6 +1049,10 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
   int isec = idle_s(conn_cfg(c));
   int64_t idle = mg_mono_now_us() - c->last_activity_us;
   struct timeval tv = {isec, 0};
+  if (c->lingering) {
+    conn_kill(c);
+    return;
+  }
   if (!c->got_frame) {
     mg_debug("conn %s: no preface in time, closing", c->peer);
     conn_kill(c);

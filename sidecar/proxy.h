@@ -125,6 +125,9 @@ int mg_server_port(const struct mg_server *s);
  *    max_concurrent_streams are refused by nghttp2 (REFUSED_STREAM / PROTOCOL_ERROR).
  *  - mg_pipeline_on_close runs exactly once for every request that reached
  *    mg_pipeline_on_request, also when the connection dies or the server stops.
+ *  - outcome.forwarded is true once mg_req_forward accepted the request, also when the
+ *    upstream then proves unreachable (502) or silent (504): every access entry of a
+ *    forward attempt gets its outcome.
  *  - mg_req_respond after response headers went downstream is ignored; a second
  *    mg_req_forward returns MG_ERR_INVALID.
  *  - mg_worker_post callbacks queued when the worker stops still run once, during

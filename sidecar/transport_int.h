@@ -158,7 +158,7 @@ struct mg_conn {
   SSL *ssl;
   nghttp2_session *sess;
   struct mg_config *cfg;        /* snapshot for this connection's lifetime (ref held) */
-  bool tls, ready, dead, flush_pending, goaway, goaway_after, got_frame;
+  bool tls, ready, dead, flush_pending, goaway, goaway_after, got_frame, lingering;
   char peer[64];
   char spiffe[2049];
   struct event flush_ev;

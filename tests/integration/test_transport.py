@@ -911,3 +911,36 @@ def test_response_timeout_counts_from_last_body_byte(passthrough_bin, upstream, 
         time.sleep(0.15)
     out, _ = c.communicate(timeout=10)
     assert json.loads(out)["bytes"] == 10000
+
+
+def test_outcomes_reported(passthrough_bin, upstream, proxies):
+    """mg_req_outcome as the pipeline sees it (passthrough prints them to stderr)."""
+    env = {"PASSTHROUGH_LOG_OUTCOMES": "1"}
+    p = proxies(passthrough_bin, upstream.address, env=env)
+    down = proxies(passthrough_bin, "127.0.0.1:%d" % free_port(), env=env)
+    c = H2Client(p.port)
+    up = c.get("/upload", body=b"z" * 1000)
+    assert up["status"] == 200
+    assert c.get("/reset")["reset"] == 2
+    assert c.get("/__local404")["status"] == 404
+    c.close()
+    assert curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}",
+                down.url + "/datasets/x").stdout == b"502"
+    p.stop()
+    down.stop()
+
+    def outcomes(proxy):
+        out = {}
+        for line in proxy.stderr().splitlines():
+            if line.startswith('{"outcome"'):
+                o = json.loads(line)["outcome"]
+                out[o["path"]] = o
+        return out
+    o = outcomes(p)
+    assert o["/upload"]["forwarded"] == 1 and o["/upload"]["status"] == 200
+    assert o["/upload"]["bytes_in"] == 1000 and o["/upload"]["bytes_out"] == len(up["body"])
+    assert o["/upload"]["reset"] == -1 and o["/upload"]["duration_us"] > 0
+    assert o["/reset"]["status"] == 200 and o["/reset"]["reset"] == 2
+    assert o["/__local404"]["forwarded"] == 0 and o["/__local404"]["status"] == 404
+    d = outcomes(down)["/datasets/x"]
+    assert d["forwarded"] == 1 and d["status"] == 502  # an attempt: its outcome is recorded
