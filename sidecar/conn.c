@@ -931,7 +931,7 @@ static void server_init(void) {
 
 static void conn_flush(struct mg_conn *c) {
   struct evbuffer *out;
-  if (c->dead || !c->sess)
+  if (c->dead || !c->sess || c->lingering)
     return;
   out = bufferevent_get_output(c->bev);
   while (!c->dead && evbuffer_get_length(out) < MG_TP_OUT_HIGH) {
@@ -1131,7 +1131,7 @@ fail:
 }
 
 void mg_tp_conn_goaway(struct mg_conn *c) {
-  if (c->dead)
+  if (c->dead || c->lingering)
     return;
   if (!c->sess || !c->got_frame) {
     conn_kill(c);
