@@ -474,11 +474,9 @@ def test_upstream_down_502_json(tmp_path):
         gw.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a 502 for a refused upstream connect leaves an "
-                   "allowed access entry without an outcome entry (sidecar/upstream.c sets "
-                   "out.forwarded only in submit_on; mg_pipeline_on_close records outcomes "
-                   "only when forwarded)")
 def test_upstream_down_502_has_outcome_entry(tmp_path):
+    # regression: a refused upstream connect left an allowed access entry without an
+    # outcome (fixed in bf337de: outcome.forwarded set when mg_req_forward accepts)
     gw = _down_gateway(tmp_path)
     try:
         t = tag()
