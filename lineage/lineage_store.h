@@ -75,6 +75,14 @@ void mg_lineage_log_close(struct mg_lineage_log *log);
 int mg_lineage_log_err(int rc);
 int mg_lineage_log_txn(struct mg_lineage_log *log, bool write, MDB_txn **txn);
 
+/* Writes zeros from the end of the data file to `ahead` bytes past the last page in use
+ * (capped at the map size) so that commits overwrite allocated blocks (an fdatasync then
+ * commits no file-system journal); *file_end = the file's new end. Only the writer thread,
+ * between write transactions. A failed write (full disk) stops early and is not an error. */
+int mg_lineage_log_prealloc(struct mg_lineage_log *log, uint64_t ahead, uint64_t *file_end);
+/* file_end minus the end of the last page in use (0 when none is left). */
+uint64_t mg_lineage_log_slack(struct mg_lineage_log *log, uint64_t file_end);
+
 /* Getter context for the mg_merkle_* functions: reads the nodes DBI in txn. */
 struct mg_lineage_nodes_ctx { struct mg_lineage_log *log; MDB_txn *txn; };
 int mg_lineage_log_get_node(void *ctx, unsigned level, uint64_t index, uint8_t out[MG_HASH_LEN]);

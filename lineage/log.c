@@ -143,6 +143,48 @@ void mg_lineage_log_close(struct mg_lineage_log *log) {
   free(log);
 }
 
+/* ---- preallocation ------------------------------------------------------------- */
+
+/* Zeroes written once, then overwritten by commits: on ext4 (and most file systems) an
+ * fdatasync of a file whose size and block map did not change is a data write plus a
+ * device flush, while one that grew the file also commits the journal — which waits for
+ * every other process's ordered data on that file system. Only bytes at or beyond the
+ * file's current end are written, and only between write transactions (the caller is the
+ * one writer), so no page LMDB uses or may read is ever touched. */
+int mg_lineage_log_prealloc(struct mg_lineage_log *log, uint64_t ahead, uint64_t *file_end) {
+  static const char zeros[65536];
+  MDB_envinfo info;
+  MDB_stat ms;
+  struct stat st;
+  int fd;
+  if (mdb_env_get_fd(log->env, &fd) || mdb_env_info(log->env, &info) ||
+      mdb_env_stat(log->env, &ms))
+    return MG_LINEAGE_E_STORE;
+  if (fstat(fd, &st) != 0) return -errno;
+  uint64_t used = ((uint64_t)info.me_last_pgno + 1) * ms.ms_psize;
+  uint64_t target = used + ahead, end = (uint64_t)st.st_size;
+  if (target > info.me_mapsize) target = info.me_mapsize;
+  target &= ~(uint64_t)(sizeof zeros - 1);
+  while (end < target) {
+    size_t n = sizeof zeros - (size_t)(end % sizeof zeros);
+    ssize_t w = pwrite(fd, zeros, n, (off_t)end);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) break; /* a full disk: LMDB's own write will report it */
+    end += (uint64_t)w;
+  }
+  *file_end = end;
+  return 0;
+}
+
+/* Bytes between the last page LMDB uses and the end of the data file. */
+uint64_t mg_lineage_log_slack(struct mg_lineage_log *log, uint64_t file_end) {
+  MDB_envinfo info;
+  MDB_stat ms;
+  if (mdb_env_info(log->env, &info) || mdb_env_stat(log->env, &ms)) return 0;
+  uint64_t used = ((uint64_t)info.me_last_pgno + 1) * ms.ms_psize;
+  return file_end > used ? file_end - used : 0;
+}
+
 /* ---- nodes ---------------------------------------------------------------------- */
 
 static void node_key(unsigned level, uint64_t index, uint8_t k[9]) {

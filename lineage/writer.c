@@ -32,6 +32,11 @@
  * by the next). A group with a checkpoint is never deferred. kill -9 loses nothing committed
  * (the page cache survives), power loss at most groups never acknowledged.
  *
+ * The data file is kept zero-filled a few MB past the last page in use (log.c,
+ * mg_lineage_log_prealloc), between groups and never while one waits for its flush: an
+ * append-only log otherwise grows the file at every commit, and an fdatasync that grew the
+ * file commits the file-system journal, i.e. also waits for other processes' writes.
+ *
  * Outcomes name their access entry through a refcounted rec whose index the writer fills
  * when it assigns it; FIFO order means an outcome is always processed after its access
  * entry. Denied requests pass a per-address token bucket here (no locks on the workers'
@@ -60,6 +65,8 @@
 /* write-ahead: how long an entry nobody waits for (outcome, refused request) may wait for
  * an access entry to ride along with before it is committed on its own */
 #define WA_LAG_US 20000
+/* zero-filled room kept past the log's last page (refilled when half is used) */
+#define PREALLOC_BYTES (4u << 20)
 #define BUCKETS 1024
 #define MAX_PEERS 65536
 #define SHIPPER_STOP_MS 5000
@@ -144,7 +151,14 @@ struct mg_lineage_writer {
   /* committed, meta page not yet flushed: acknowledged after the next flush */
   struct item *pend;
   uint64_t pend_first, pend_last; /* entries to announce to the shipper (last < first: none) */
+  uint64_t file_end;              /* data file size after the last preallocation */
 };
+
+static void prealloc(struct mg_lineage_writer *w) {
+  if (mg_lineage_log_slack(w->log, w->file_end) >= PREALLOC_BYTES / 2) return;
+  int rc = mg_lineage_log_prealloc(w->log, PREALLOC_BYTES, &w->file_end);
+  if (rc) mg_debug("lineage: preallocation: %s", mg_strerror(rc));
+}
 
 /* ---- recs ---------------------------------------------------------------------- */
 
@@ -710,6 +724,7 @@ static void *writer_main(void *arg) {
     /* defer the acknowledgement only when the next group is due at once */
     bool defer = more && w->qurgent && !stop && !cpreq && w->durability == MG_LINEAGE_WRITE_AHEAD;
     int rc = run_group(w, list, cp_due || (cpreq && !more) || final, final, defer);
+    if (!w->pend && !final) prealloc(w);
 
     pthread_mutex_lock(&w->mu);
     if (cpreq && !more) {
@@ -866,6 +881,7 @@ int mg_lineage_writer_open(const struct mg_lineage_config *cfg, struct mg_lineag
     goto fail_log;
   }
   w->pend_first = 1;
+  prealloc(w);
   w->st.size = w->fr.size;
   w->st.checkpoint_size = w->cp_size;
   w->last_cp_us = mg_mono_now_us();
