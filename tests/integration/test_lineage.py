@@ -559,6 +559,12 @@ def test_openlineage_export(lgw, mixed_traffic):
     validate = _schema_validator()
     if validate is None:
         pytest.skip("python3-jsonschema not installed: schema validation not run")
+    import jsonschema
+    broken = json.loads(json.dumps(events[0]))
+    broken["eventType"] = "FINISHED"
+    del broken["run"]["runId"]
+    with pytest.raises(jsonschema.ValidationError):  # the validator is not vacuous
+        validate(broken, "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent")
     for ev in events:
         validate(ev, "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent")
         for ds in ev["inputs"] + ev["outputs"]:
