@@ -55,9 +55,26 @@ static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /* ---- HTTP/1.1 request parser ------------------------------------------------ */
 
+/* RFC 9110 §5.6.2 tchar. Debian's http_parser is built lenient and lets spaces and other
+ * bytes through in field names ("Content-Length : 0"); RFC 9112 §5.1 says 400. */
+static bool is_token(const char *s, size_t n) {
+  if (n == 0) return false;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) continue;
+    if (!strchr("!#$%&'*+-.^_`|~", c) || c == 0) return false;
+  }
+  return true;
+}
+
 static int h1_flush_header(struct mg_admin_h1 *h) {
   if (!h->in_value) return 0;
   h->in_value = false;
+  if (!is_token(h->field.data ? h->field.data : "", h->field.len)) {
+    h->err = 400;
+    return -1;
+  }
+  if (mg_strieq(h->field.data, h->field.len, "host")) h->nhost++;
   int rc = mg_admin_req_add_header(&h->req, h->field.data ? h->field.data : "", h->field.len,
                                    h->value.data ? h->value.data : "", h->value.len);
   mg_buf_reset(&h->field);
@@ -107,6 +124,10 @@ static int on_headers_complete(http_parser *p) {
   h->headers_done = true;
   if (p->http_major != 1) {
     h->err = 505;
+    return -1;
+  }
+  if (p->http_minor >= 1 && h->nhost != 1) { /* RFC 9112 §3.2: exactly one Host */
+    h->err = 400;
     return -1;
   }
   /* a body announced larger than we accept is refused before any of it is read */
@@ -181,6 +202,7 @@ void mg_admin_h1_next(struct mg_admin_h1 *h) {
   mg_buf_reset(&h->url);
   h->in_value = false;
   h->hdr_bytes = 0;
+  h->nhost = 0;
   h->complete = h->expect_continue = h->started = h->headers_done = false;
 }
 

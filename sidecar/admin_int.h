@@ -120,6 +120,7 @@ struct mg_admin_h1 {
   bool keepalive;          /* the connection may carry another request after this one */
   bool started;            /* a byte of the current request has been seen */
   bool headers_done;
+  int nhost;               /* Host fields seen (HTTP/1.1 requires exactly one) */
 };
 
 void mg_admin_h1_init(struct mg_admin_h1 *h);

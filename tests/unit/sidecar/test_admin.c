@@ -683,7 +683,7 @@ static void test_h1_parser(void **state) {
   size_t used;
   mg_admin_h1_init(&h);
   const char *two = "GET /healthz HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\r\n"
-                    "PUT /v1/grants/a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+                    "PUT /v1/grants/a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
   assert_int_equal(feed_all(&h, two, &used), MG_ADMIN_H1_REQUEST);
   assert_string_equal(h.req.method, "GET");
   assert_string_equal(h.req.target, "/healthz");
@@ -695,7 +695,7 @@ static void test_h1_parser(void **state) {
   assert_int_equal(h.req.body.len, 3);
   mg_admin_h1_next(&h);
   /* byte by byte, chunked */
-  const char *ch = "POST /v1/decide HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+  const char *ch = "POST /v1/decide HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
   int rc = MG_ADMIN_H1_MORE;
   for (size_t i = 0; ch[i]; i++) {
     rc = mg_admin_h1_feed(&h, ch + i, 1, &used);
@@ -708,18 +708,33 @@ static void test_h1_parser(void **state) {
 
   /* 413 from Content-Length, before any body byte */
   mg_admin_h1_init(&h);
-  assert_int_equal(feed_all(&h, "PUT /v1/grants/a HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n", &used),
+  assert_int_equal(feed_all(&h, "PUT /v1/grants/a HTTP/1.1\r\nHost: a\r\nContent-Length: 1048577\r\n\r\n", &used),
                    413);
   mg_admin_h1_clear(&h);
   /* 413 for a chunked body growing past the limit */
   mg_admin_h1_init(&h);
-  assert_int_equal(feed_all(&h, "PUT /v1/grants/a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+  assert_int_equal(feed_all(&h, "PUT /v1/grants/a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                                 "100001\r\n", &used), MG_ADMIN_H1_MORE);
   char *big = malloc(0x100001 + 1);
   memset(big, 'a', 0x100001);
   big[0x100001] = 0;
   assert_int_equal(feed_all(&h, big, &used), 413);
   free(big);
+  mg_admin_h1_clear(&h);
+  /* RFC 9112: field names are tokens; HTTP/1.1 needs exactly one Host (HTTP/1.0 none) */
+  static const char *const bad[] = {
+    "GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length : 0\r\n\r\n",
+    "GET /healthz HTTP/1.1\r\nHo st: a\r\n\r\n",
+    "GET /healthz HTTP/1.1\r\n\r\n",
+    "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    mg_admin_h1_init(&h);
+    assert_int_equal(feed_all(&h, bad[i], &used), 400);
+    mg_admin_h1_clear(&h);
+  }
+  mg_admin_h1_init(&h);
+  assert_int_equal(feed_all(&h, "GET /healthz HTTP/1.0\r\n\r\n", &used), MG_ADMIN_H1_REQUEST);
   mg_admin_h1_clear(&h);
   /* 431 */
   mg_admin_h1_init(&h);
@@ -735,7 +750,7 @@ static void test_h1_parser(void **state) {
   assert_int_equal(feed_all(&h, "GET / HTTP/1.1\r\nHost a\r\n\r\n", &used), 400);
   mg_admin_h1_clear(&h);
   mg_admin_h1_init(&h);
-  assert_int_equal(feed_all(&h, "POST / HTTP/1.1\r\nContent-Length: 2\r\n"
+  assert_int_equal(feed_all(&h, "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n"
                                 "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", &used), 400);
   mg_admin_h1_clear(&h);
   mg_admin_h1_init(&h);
@@ -743,7 +758,7 @@ static void test_h1_parser(void **state) {
   assert_false(h.keepalive);
   mg_admin_h1_clear(&h);
   mg_admin_h1_init(&h);
-  assert_int_equal(feed_all(&h, "PUT /v1/grants/a HTTP/1.1\r\nExpect: 100-continue\r\n"
+  assert_int_equal(feed_all(&h, "PUT /v1/grants/a HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
                                 "Content-Length: 5\r\n\r\n", &used), MG_ADMIN_H1_MORE);
   assert_true(h.expect_continue);
   mg_admin_h1_clear(&h);
