@@ -307,7 +307,8 @@ int mg_authn_new(const struct mg_config *cfg, struct mg_authn **out, char *err, 
   for (size_t i = 0; i < a->niss; i++) {
     rc = load_now(a, &a->iss[i], why, sizeof why);
     if (rc) {
-      snprintf(err, errlen, "issuer %s: JWKS: %s", a->iss[i].iss, why);
+      snprintf(err, errlen, "/identity/issuers/%zu/%s: %s", i,
+               a->iss[i].url ? "jwks_url" : "jwks_file", why);
       goto fail_issuers;
     }
     a->iss[i].next_periodic_us = mg_mono_now_us() + (int64_t)a->iss[i].refresh_s * 1000000;

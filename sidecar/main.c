@@ -367,9 +367,10 @@ static int cmd_serve(int argc, char **argv) {
   if (mg_config_load(path, &cfg, err, sizeof err)) return die("%s", err);
   int rv = check_signing_key(cfg->signing_key);
   if (rv) {
+    die("%s: /lineage/signing_key: %s is not a readable Ed25519 private key (%s)", path, cfg->signing_key,
+        rv == MG_ERR_INVALID ? "wrong format" : mg_strerror(rv));
     mg_config_unref(cfg);
-    return die("%s: /lineage/signing_key: %s is not a readable Ed25519 private key (%s)", path, cfg->signing_key,
-               rv == MG_ERR_INVALID ? "wrong format" : mg_strerror(rv));
+    return 1;
   }
   struct mg_authn *authn = NULL;
   if (mg_authn_new(cfg, &authn, err, sizeof err)) {

@@ -278,16 +278,10 @@ def test_serve_check_good_config(cfgdir):
     (lambda c: c["limits"].update(bogus_key=1) if "limits" in c else c.update(limits={"bogus_key": 1}),
      "/limits/bogus_key"),
     (lambda c: c["admin"].update(admin_claim="mesh:admin"), "/admin/admin_claim"),
-    pytest.param(lambda c: c["identity"]["issuers"][0].update(jwks_file="missing.json"),
-                 "/identity/issuers/0/jwks_file", marks=pytest.mark.xfail(
-                     strict=True, reason="BUG (minor): a missing JWKS file is reported as "
-                     "'issuer URL: JWKS: PATH: No such file' without its JSON pointer "
-                     "(sidecar/authn.c mg_authn_new error text)")),
-    pytest.param(lambda c: c["lineage"].update(signing_key="missing.key"),
-                 "/lineage/signing_key: missing.key", marks=pytest.mark.xfail(
-                     strict=True, reason="BUG: use after free: cmd_serve (sidecar/main.c) "
-                     "calls mg_config_unref(cfg) before die() prints cfg->signing_key, so "
-                     "the message shows garbage bytes instead of the key path")),
+    # (both were bugs: the JWKS error lacked its pointer; the key error read freed memory)
+    (lambda c: c["identity"]["issuers"][0].update(jwks_file="missing.json"),
+     "/identity/issuers/0/jwks_file"),
+    (lambda c: c["lineage"].update(signing_key="missing.key"), "/lineage/signing_key: "),
 ], ids=["enum", "negative", "route-auth", "unknown-key", "claim-type", "jwks-missing",
         "key-missing"])
 def test_serve_check_bad_config_names_pointer(cfgdir, mutate, pointer):
