@@ -139,7 +139,6 @@ static const struct opt nats_opts[] = {
   {"replicas", T_INT, O(mg_config_nats, replicas), 0, 1, 5, 0, 0, 0, 0, 0, "stream replicas (default 3)"},
   {"creds", T_PATH, O(mg_config_nats, creds), 0, 0, 0, 0, 0, 0, true, 0, "NATS credentials file"},
   {"tls", T_CUSTOM, 0, 0, 0, 0, 0, 0, 0, true, parse_nats_tls, "{\"ca\": PATH} to verify the NATS server"},
-  {"retention_s", T_INT, O(mg_config_nats, retention_s), 0, 0, INT_MAX, 0, 0, 0, 0, 0, "prune shipped local entries older than this (0 = keep)"},
   END};
 
 static const struct opt lineage_opts[] = {

@@ -70,7 +70,6 @@ struct mg_config_nats {
   int replicas;
   char *creds;
   char *tls_ca;              /* "tls": {"ca": …} or NULL */
-  int retention_s;           /* prune shipped local entries older than this; 0 = never */
 };
 
 struct mg_config_claim {     /* {"scope": "mesh:admin"} */
