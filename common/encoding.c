@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -165,12 +166,39 @@ uint64_t mg_hash64(const void *data, size_t n) {
   return mix(h ^ a ^ 0xe7037ed1a0b428dbull, b ^ 0x589965cc75374cc3ull ^ (h >> 7));
 }
 
+/* Request ids take their random bits from a per-thread pool refilled 4 KiB at a time: one
+ * getrandom(2) per ~400 ids instead of one per request. A fork() child must not hand out
+ * its parent's next ids: the atfork handler bumps a generation that empties every pool. */
+static atomic_uint fork_gen;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void on_fork_child(void) { atomic_fetch_add(&fork_gen, 1); }
+static void atfork_init(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+
+static int pool_random(uint8_t *out, size_t n) {
+  static _Thread_local uint8_t pool[4096];
+  static _Thread_local size_t left;
+  static _Thread_local unsigned gen;
+  pthread_once(&atfork_once, atfork_init);
+  unsigned g = atomic_load_explicit(&fork_gen, memory_order_relaxed);
+  if (gen != g) {
+    left = 0;
+    gen = g;
+  }
+  if (left < n) {
+    if (mg_random(pool, sizeof pool)) return -1;
+    left = sizeof pool;
+  }
+  memcpy(out, pool + sizeof pool - left, n);
+  left -= n;
+  return 0;
+}
+
 void mg_uuidv7(char out[37]) {
   static _Thread_local uint64_t last_ms;
   static _Thread_local uint16_t counter;
   uint8_t b[16];
   uint64_t ms = (uint64_t)(mg_time_now_us() / 1000);
-  if (mg_random(b + 6, 10)) memset(b + 6, 0, 10);
+  if (pool_random(b + 6, 10)) memset(b + 6, 0, 10);
   if (ms <= last_ms) { ms = last_ms; counter++; } else { counter = (uint16_t)(b[6] << 4 | b[7] >> 4) & 0x7ff; }
   last_ms = ms;
   for (int i = 0; i < 6; i++) b[i] = (uint8_t)(ms >> (40 - 8 * i));

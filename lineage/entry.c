@@ -55,15 +55,23 @@ static void kv_raw(struct enc *e, const char *k, const char *raw) {
 
 /* Counters are clamped to INT64_MAX: readers (jansson in verify, most JSON libraries)
  * refuse larger integers, and an entry that cannot be read back cannot be verified. */
+/* Decimal by hand: outcome entries are encoded per request on the worker thread. */
+static int append_dec(struct mg_buf *b, uint64_t u, bool neg) {
+  char d[24], *p = d + sizeof d;
+  do *--p = (char)('0' + u % 10); while (u /= 10);
+  if (neg) *--p = '-';
+  return mg_buf_append(b, p, (size_t)(d + sizeof d - p));
+}
+
 static void kv_u64(struct enc *e, const char *k, uint64_t v) {
   if (v > INT64_MAX) v = INT64_MAX;
   key(e, k);
-  if (!e->err && mg_buf_appendf(&e->b, "%" PRIu64, v)) e->err = -ENOMEM;
+  if (!e->err && append_dec(&e->b, v, false)) e->err = -ENOMEM;
 }
 
 static void kv_i64(struct enc *e, const char *k, int64_t v) {
   key(e, k);
-  if (!e->err && mg_buf_appendf(&e->b, "%" PRId64, v)) e->err = -ENOMEM;
+  if (!e->err && append_dec(&e->b, v < 0 ? 0 - (uint64_t)v : (uint64_t)v, v < 0)) e->err = -ENOMEM;
 }
 
 static void slot(struct enc *e, const char *k, enum mg_enc_slot what) {
@@ -194,12 +202,21 @@ void mg_lineage_tmpl_clear(struct mg_lineage_tmpl *t) {
   memset(t, 0, sizeof *t);
 }
 
+/* v in decimal at out (no NUL); returns its length. The writer runs this twice per entry. */
+static size_t dec(char out[24], uint64_t v) {
+  char d[24], *p = d + sizeof d;
+  do *--p = (char)('0' + v % 10); while (v /= 10);
+  size_t n = (size_t)(d + sizeof d - p);
+  memcpy(out, p, n);
+  return n;
+}
+
 int mg_lineage_tmpl_finish(const struct mg_lineage_tmpl *t, uint64_t index, uint64_t of,
                            const char *time, size_t time_len, struct mg_buf *out) {
   char num[2][24];
   size_t numlen[2];
-  numlen[0] = (size_t)snprintf(num[0], sizeof num[0], "%" PRIu64, index);
-  numlen[1] = (size_t)snprintf(num[1], sizeof num[1], "%" PRIu64, of);
+  numlen[0] = dec(num[0], index);
+  numlen[1] = dec(num[1], of);
   if (mg_buf_reserve(out, t->len + numlen[0] + numlen[1] + time_len)) return -ENOMEM;
   size_t pos = 0;
   for (unsigned i = 0; i < t->n; i++) {

@@ -440,6 +440,15 @@ void mg_pipeline_on_request(struct mg_req *req) {
   process(r);
 }
 
+/* Decimal without printf: the access log and the lineage outcome are per-request work. */
+static int append_i64(struct mg_buf *b, int64_t v) {
+  char d[24], *p = d + sizeof d;
+  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+  do *--p = (char)('0' + u % 10); while (u /= 10);
+  if (v < 0) *--p = '-';
+  return mg_buf_append(b, p, (size_t)(d + sizeof d - p));
+}
+
 static void access_log(struct rq *r, const struct mg_req_outcome *o, struct pworker *pw) {
   const struct mg_req_info *in = mg_req_info(r->req);
   struct mg_buf *b = pw ? &pw->log : NULL;
@@ -447,8 +456,12 @@ static void access_log(struct rq *r, const struct mg_req_outcome *o, struct pwor
   if (!b) { mg_buf_init(&local); b = &local; }
   mg_buf_reset(b);
   char ts[MG_RFC3339_LEN];
-  mg_time_format_rfc3339(mg_time_now_us(), ts);
-  mg_buf_appendf(b, "{\"time\":\"%s\",\"type\":\"access\",\"request_id\":\"%s\",\"principal\":", ts, r->request_id);
+  size_t tl = mg_time_format_rfc3339(mg_time_now_us(), ts);
+  mg_buf_appends(b, "{\"time\":\"");
+  mg_buf_append(b, ts, tl);
+  mg_buf_appends(b, "\",\"type\":\"access\",\"request_id\":\"");
+  mg_buf_appends(b, r->request_id);
+  mg_buf_appends(b, "\",\"principal\":");
   if (r->principal) mg_buf_append_json_str(b, r->principal, strlen(r->principal));
   else mg_buf_appends(b, "null");
   mg_buf_appends(b, ",\"method\":");
@@ -456,9 +469,16 @@ static void access_log(struct rq *r, const struct mg_req_outcome *o, struct pwor
   mg_buf_appends(b, ",\"path\":");
   if (r->canon) mg_buf_append_json_str(b, r->canon, r->canon_len);
   else mg_buf_append_json_str(b, in->path, in->path_len);
-  mg_buf_appendf(b, ",\"status\":%d,\"decision\":\"%s\",\"duration_us\":%llu", o->status,
-                 r->decision ? r->decision : "none", (unsigned long long)o->duration_us);
-  if (o->reset >= 0) mg_buf_appendf(b, ",\"reset\":%lld", (long long)o->reset);
+  mg_buf_appends(b, ",\"status\":");
+  append_i64(b, o->status);
+  mg_buf_appends(b, ",\"decision\":\"");
+  mg_buf_appends(b, r->decision ? r->decision : "none");
+  mg_buf_appends(b, "\",\"duration_us\":");
+  append_i64(b, o->duration_us > INT64_MAX ? INT64_MAX : (int64_t)o->duration_us);
+  if (o->reset >= 0) {
+    mg_buf_appends(b, ",\"reset\":");
+    append_i64(b, (int64_t)o->reset);
+  }
   mg_buf_appends(b, "}");
   mg_log_raw(b->data, b->len);
   if (b == &local) mg_buf_clear(&local);

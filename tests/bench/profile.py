@@ -39,6 +39,20 @@ def metrics(port):
     return out
 
 
+def thread_cpu(pid):
+    """{tid: (utime, stime) in seconds} of every thread of pid."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        fl = st[st.rindex(")") + 2:].split()
+        out[int(tid)] = (int(fl[11]) / bench.CLK_TCK, int(fl[12]) / bench.CLK_TCK)
+    return out
+
+
 def main(argv):
     p = argparse.ArgumentParser()
     p.add_argument("--meshgate", default=os.environ.get("MESHGATE_BIN",
@@ -78,6 +92,7 @@ def main(argv):
         for i in range(a.repeat):
             m0 = metrics(admin)
             cpu0 = bench.cpu_seconds(pid)
+            th0 = thread_cpu(pid)
             extra = None
             if a.perf and i == 0:
                 extra = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-g",
@@ -96,6 +111,7 @@ def main(argv):
                 extra.wait(30)
             bench.settle(pid, 15)
             cpu1 = bench.cpu_seconds(pid)
+            th1 = thread_cpu(pid)
             m1 = metrics(admin)
             done = r.get("done", 0) or 1
             res["rps"].append(r.get("rps", 0))
@@ -109,6 +125,14 @@ def main(argv):
                   f"p99 {r.get('p99_ms') or 0:7.3f} ms  cpu/1k {res['cpu'][-1]:.4f}  commits {com:.0f}  "
                   f"entries/commit {ent / com if com else 0:.1f}  ms/commit {fs / com * 1000 if com else 0:.3f}"
                   + ("" if r.get("ok") else f"  FAILED {r.get('error')}"), flush=True)
+            # per thread (tid order = creation order: main, workers, lineage writer, admin, ...)
+            parts = []
+            for tid in sorted(th1):
+                u0, s0 = th0.get(tid, (0, 0))
+                u, sy = th1[tid][0] - u0, th1[tid][1] - s0
+                if u + sy > 0:
+                    parts.append(f"{tid - pid:+d}: usr {u / done * 1000:.4f} sys {sy / done * 1000:.4f}")
+            print("        cpu/1k by thread (tid-pid): " + "; ".join(parts), flush=True)
             for tgt, key in ((upurl, "fu"), (url, "f")):
                 m0 = metrics(admin)
                 st = None
@@ -142,6 +166,8 @@ def main(argv):
                                   "--sort", "comm,dso,sym", "--stdio", "-g", "none",
                                   "--percent-limit", "0.7"], capture_output=True, text=True)
             print("\n".join(l for l in rep.stdout.splitlines() if l and not l.startswith("#")))
+            subprocess.run(["cp", str(b.tmp / "perf.data"), "/tmp/meshgate-profile.perf.data"])
+            print("perf data kept: /tmp/meshgate-profile.perf.data (perf report -i ... --sort tid,sym)")
         if a.strace:
             print((b.tmp / "strace.txt").read_text())
     finally:
