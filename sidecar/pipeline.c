@@ -29,6 +29,9 @@ struct pworker {
   struct mg_authn_cache *cache;
   struct mg_policy_index *ix; /* cached reference to the app's current index */
   struct mg_buf log;          /* access-log line scratch */
+  /* lineage commits done for this worker's requests, newest first (pushed by the writer
+   * thread, taken whole by the worker): one mg_worker_post per batch, not per request */
+  _Atomic(struct wake *) done;
 };
 
 enum rq_state { RQ_NEW = 0, RQ_WAIT_JWKS, RQ_WAIT_LINEAGE, RQ_FORWARDED, RQ_ANSWERED };
@@ -60,6 +63,7 @@ struct rq {
 
 /* A wake-up handed from another thread (lineage writer, JWKS refresher) to the worker. */
 struct wake {
+  struct wake *next;
   struct mg_worker *w;
   uint64_t handle;
   int status;
@@ -242,12 +246,37 @@ static void lineage_done_on_worker(void *arg) {
   free(wk);
 }
 
-/* Runs on the lineage writer thread: hand over, never block. */
+/* Runs on the worker: every commit result queued since the last drain, oldest first. */
+static void lineage_drain_on_worker(void *arg) {
+  struct pworker *p = arg;
+  struct wake *list = atomic_exchange_explicit(&p->done, NULL, memory_order_acquire), *fifo = NULL;
+  while (list) {
+    struct wake *next = list->next;
+    list->next = fifo;
+    fifo = list;
+    list = next;
+  }
+  while (fifo) {
+    struct wake *next = fifo->next;
+    lineage_done_on_worker(fifo);
+    fifo = next;
+  }
+}
+
+/* Runs on the lineage writer thread: hand over, never block. A group commit completes
+ * many requests of one worker back to back; only the push that finds the list empty
+ * posts (a malloc, a mutex and an event_active), the rest ride along. */
 static void lineage_done(void *arg, int status, uint64_t index) {
   struct wake *wk = arg;
   wk->status = status;
   wk->index = index;
-  mg_worker_post(wk->w, lineage_done_on_worker, wk);
+  struct pworker *p = mg_worker_get_data(wk->w);
+  struct wake *head = atomic_load_explicit(&p->done, memory_order_relaxed);
+  do {
+    wk->next = head;
+  } while (!atomic_compare_exchange_weak_explicit(&p->done, &head, wk, memory_order_release,
+                                                  memory_order_relaxed));
+  if (!head) mg_worker_post(wk->w, lineage_drain_on_worker, p);
 }
 
 static void record_and_forward(struct rq *r) {
