@@ -68,6 +68,9 @@ def main(argv):
     p.add_argument("--tmpdir", default="/var/tmp")
     p.add_argument("--perf", action="store_true")
     p.add_argument("--strace", action="store_true")
+    p.add_argument("--timeline", action="store_true",
+                   help="strace -f -tt -T all syscalls of 20 sequential requests "
+                        "(kept at /tmp/meshgate-timeline.strace)")
     p.add_argument("--strace-fixed", action="store_true",
                    help="strace -T the write syscalls during the first fixed-rate run "
                         "(copied to /tmp/fixed.strace)")
@@ -89,6 +92,15 @@ def main(argv):
         url = c.url("/datasets/small")
         bench.run_h2load(url, {"c": 4, "m": 32, "n": 5000}, b.token, b.tmp / "w.tsv", 60)
         upurl = f"http://127.0.0.1:{b.up_port}/datasets/small"
+        if a.timeline:
+            st = subprocess.Popen(["strace", "-f", "-tt", "-T", "-o", "/tmp/meshgate-timeline.strace",
+                                   "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            r = bench.run_h2load(url, {"c": 1, "m": 1, "n": 20}, b.token, b.tmp / "t.tsv", 60)
+            st.send_signal(2)
+            st.wait(30)
+            print(f"timeline: 20 sequential requests p50 {r.get('p50_ms')} ms; "
+                  "syscalls in /tmp/meshgate-timeline.strace")
         for i in range(a.repeat):
             m0 = metrics(admin)
             cpu0 = bench.cpu_seconds(pid)
