@@ -32,7 +32,13 @@ struct pworker {
   /* lineage commits done for this worker's requests, newest first (pushed by the writer
    * thread, taken whole by the worker): one mg_worker_post per batch, not per request */
   _Atomic(struct wake *) done;
+  /* freed requests kept for reuse: a struct rq (~1.2 KB) is above glibc's tcache sizes, so
+   * calloc/free of one per request went through the arena (consolidation, locks) */
+  struct rq *free_rq;
+  unsigned nfree;
 };
+
+#define RQ_CACHE 256
 
 enum rq_state { RQ_NEW = 0, RQ_WAIT_JWKS, RQ_WAIT_LINEAGE, RQ_FORWARDED, RQ_ANSWERED };
 
@@ -101,6 +107,11 @@ void mg_pipeline_shutdown(void) {
     mg_authn_cache_free(p->cache);
     if (p->ix) mg_policy_index_unref(p->ix);
     mg_buf_clear(&p->log);
+    while (p->free_rq) {
+      struct rq *r = p->free_rq;
+      p->free_rq = *(struct rq **)r;
+      free(r);
+    }
     free(p);
     p = next;
   }
@@ -416,9 +427,31 @@ static void process(struct rq *r) {
   record_and_forward(r);
 }
 
+static struct rq *rq_new(struct mg_worker *w) {
+  struct pworker *p = mg_worker_get_data(w);
+  if (p && p->free_rq) {
+    struct rq *r = p->free_rq;
+    p->free_rq = *(struct rq **)r;
+    p->nfree--;
+    memset(r, 0, sizeof *r);
+    return r;
+  }
+  return calloc(1, sizeof(struct rq));
+}
+
+static void rq_free(struct pworker *p, struct rq *r) {
+  if (p && p->nfree < RQ_CACHE) {
+    *(struct rq **)r = p->free_rq; /* the first bytes of a dead rq hold the link */
+    p->free_rq = r;
+    p->nfree++;
+    return;
+  }
+  free(r);
+}
+
 void mg_pipeline_on_request(struct mg_req *req) {
   const struct mg_req_info *in = mg_req_info(req);
-  struct rq *r = calloc(1, sizeof *r);
+  struct rq *r = rq_new(mg_req_worker(req));
   if (!r) {
     mg_req_respond(req, 503, "application/json", "{\"error\":\"overloaded\",\"detail\":\"out of memory\"}\n", 48, NULL, 0);
     return;
@@ -535,6 +568,6 @@ void mg_pipeline_on_close(struct mg_req *req, const struct mg_req_outcome *o) {
   if (r->have_id) mg_authn_identity_release(&r->id);
   free(r->canon);
   mg_config_unref(r->cfg);
-  free(r);
+  rq_free(pw, r);
   mg_req_set_data(req, NULL);
 }
