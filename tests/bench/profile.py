@@ -68,6 +68,9 @@ def main(argv):
     p.add_argument("--tmpdir", default="/var/tmp")
     p.add_argument("--perf", action="store_true")
     p.add_argument("--strace", action="store_true")
+    p.add_argument("--flat", action="store_true",
+                   help="--perf without call graphs (meshgate has no frame pointers: the "
+                        "flat profile names meshgate's own functions more reliably)")
     p.add_argument("--timeline", action="store_true",
                    help="strace -f -tt -T all syscalls of 20 sequential requests "
                         "(kept at /tmp/meshgate-timeline.strace)")
@@ -107,7 +110,8 @@ def main(argv):
             th0 = thread_cpu(pid)
             extra = None
             if a.perf and i == 0:
-                extra = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-g",
+                extra = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock"] +
+                                         ([] if a.flat else ["-g"]) + [
                                           "-o", str(b.tmp / "perf.data"), "-p", str(pid)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(0.3)
@@ -170,9 +174,10 @@ def main(argv):
                       (f"  commits {com:.0f}  ms/commit {fs / com * 1000 if com else 0:.3f}" if key == "f" else ""),
                       flush=True)
         md = {k: statistics.median(v) for k, v in res.items() if v}
-        print(f"MEDIAN {a.durability}: rps {md['rps']:.0f}  p50 {md['p50']:.3f}  p99 {md['p99']:.3f}  "
-              f"cpu/1k {md['cpu']:.4f}  fixed added p50 {md['fp50'] - md['fup50']:+.3f} ms  "
-              f"p99 {md['fp99'] - md['fup99']:+.3f} ms  (load {os.getloadavg()[0]:.1f})")
+        if a.repeat > 0:
+            print(f"MEDIAN {a.durability}: rps {md['rps']:.0f}  p50 {md['p50']:.3f}  p99 {md['p99']:.3f}  "
+                  f"cpu/1k {md['cpu']:.4f}  fixed added p50 {md['fp50'] - md['fup50']:+.3f} ms  "
+                  f"p99 {md['fp99'] - md['fup99']:+.3f} ms  (load {os.getloadavg()[0]:.1f})")
         if a.perf:
             rep = subprocess.run(["perf", "report", "-i", str(b.tmp / "perf.data"), "--no-children",
                                   "--sort", "comm,dso,sym", "--stdio", "-g", "none",
