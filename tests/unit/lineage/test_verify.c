@@ -106,6 +106,10 @@ static char *entry_line(const char *origin, uint64_t i, int64_t t_us) {
   return s;
 }
 
+/* log_new writes entry time_skew_index (when >= 0) with time_skew_us instead of its own:
+ * an authentic, signed log whose times go backwards. */
+static int64_t time_skew_index = -1, time_skew_us;
+
 static struct log *log_new(const char *origin, size_t n) {
   struct log *L = calloc(1, sizeof *L);
   L->origin = origin;
@@ -116,7 +120,8 @@ static struct log *log_new(const char *origin, size_t n) {
   struct mg_merkle_frontier f;
   mg_merkle_frontier_init(&f);
   for (size_t i = 0; i < n; i++) {
-    L->lines[i] = entry_line(origin, i, 1764064800000000LL + (int64_t)i * 1000);
+    L->lines[i] = entry_line(origin, i, (int64_t)i == time_skew_index ? time_skew_us
+                                                                     : 1764064800000000LL + (int64_t)i * 1000);
     mg_merkle_leaf_hash(L->lines[i], strlen(L->lines[i]), L->leaf[i]);
     assert_int_equal(mg_merkle_frontier_append(&f, L->leaf[i], put, L), 0);
   }
@@ -499,8 +504,17 @@ static void test_time_origin(void **state) {
   size_t p = pos_of(&e, ORIGIN, 7);
   free(e.l[p]);
   e.l[p] = entry_line(ORIGIN, 7, 1764064800000000LL - 1); /* earlier than entry 6 */
+  EXPECT_FAIL(&e, 7, "edited entry"); /* the leaf hashes name the edited entry */
+  exp_free(&e);
+  /* signed as such (the entries are authentic) and still going backwards: a time failure */
+  time_skew_index = 7;
+  time_skew_us = 1764064800000000LL - 1;
+  struct log *S = log_new(ORIGIN, 20);
+  time_skew_index = -1;
+  build_full(&e, S, 0, 20, cp, 1, true);
   EXPECT_FAIL(&e, 7, "time goes backwards");
   exp_free(&e);
+  log_free(S);
   /* an entry claiming another origin: uncovered by that origin's checkpoints */
   build_full(&e, L, 0, 20, cp, 1, true);
   p = pos_of(&e, ORIGIN, 7);
