@@ -7,7 +7,7 @@ PKGS=(
   libssl-dev libjwt-dev libnghttp2-dev liblmdb-dev lmdb-utils libjansson-dev libevent-dev
   libnats-dev libcmocka-dev libcurl4-openssl-dev libhttp-parser-dev
   nghttp2-client nghttp2-server nghttp2-proxy nats-server curl openssl
-  python3 python3-pytest python3-jwt python3-cryptography python3-h2 python3-grpcio
+  python3 python3-pytest python3-jwt python3-cryptography python3-h2 python3-grpcio python3-jsonschema
   gnuplot-nox procps
 )
 missing=()
