@@ -16,6 +16,9 @@ static const char *lineage_strerror(int err) {
   case MG_LINEAGE_E_RANGE: return "index or size out of range for a proof";
   case MG_LINEAGE_E_NATS: return "NATS / JetStream failure";
   case MG_LINEAGE_E_FOREIGN: return "stream holds a higher index for this origin than the log";
+  case MG_LINEAGE_E_LAYOUT:
+    return "lineage log has another on-disk layout than this meshgate reads (a pre-release log: "
+           "export it with the build that wrote it, then start a new log)";
   default: return NULL;
   }
 }

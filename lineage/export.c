@@ -191,14 +191,16 @@ static int export_all(struct mg_lineage_log *log, const char *origin, uint64_t k
       goto chunk_end;
     }
     mg_be64(i, kb);
-    nb[0] = 0;
-    mg_be64(i, nb + 1);
+    mg_be64(i, nb);
+    nb[8] = 0;
     MDB_val ek = {8, kb}, ev, nk = {9, nb}, nv;
     int m1 = mdb_cursor_get(ce, &ek, &ev, MDB_SET_KEY);
     int m2 = mdb_cursor_get(cn, &nk, &nv, MDB_SET_KEY);
     for (uint64_t j = 0; j < CHUNK && i < s; j++, i++) {
+      /* nodes are keyed (last leaf, level): leaf i's hash is (i, 0), followed by the
+       * subtrees it completed, (i, 1..) */
       if (m1 || m2 || mg_get_be64(ek.mv_data) != i || nk.mv_size != 9 ||
-          ((uint8_t *)nk.mv_data)[0] != 0 || mg_get_be64((uint8_t *)nk.mv_data + 1) != i ||
+          ((uint8_t *)nk.mv_data)[8] != 0 || mg_get_be64(nk.mv_data) != i ||
           nv.mv_size != MG_HASH_LEN) {
         rc = MG_LINEAGE_E_STORE;
         goto chunk_end;
@@ -216,7 +218,8 @@ static int export_all(struct mg_lineage_log *log, const char *origin, uint64_t k
         if (cps < s && (rc = next_cp(log, cps, s, &note, &cps))) goto chunk_end;
       }
       m1 = mdb_cursor_get(ce, &ek, &ev, MDB_NEXT);
-      m2 = mdb_cursor_get(cn, &nk, &nv, MDB_NEXT);
+      do m2 = mdb_cursor_get(cn, &nk, &nv, MDB_NEXT);
+      while (!m2 && nk.mv_size == 9 && ((uint8_t *)nk.mv_data)[8] != 0);
     }
   chunk_end:
     if (ce) mdb_cursor_close(ce);

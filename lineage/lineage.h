@@ -39,6 +39,7 @@ enum {
   MG_LINEAGE_E_RANGE    = MG_ERR_LINEAGE_BASE - 7, /* index/size out of range for a proof */
   MG_LINEAGE_E_NATS     = MG_ERR_LINEAGE_BASE - 8, /* NATS/JetStream failure */
   MG_LINEAGE_E_FOREIGN  = MG_ERR_LINEAGE_BASE - 9, /* stream holds a higher index for origin */
+  MG_LINEAGE_E_LAYOUT   = MG_ERR_LINEAGE_BASE - 10, /* log written with another on-disk layout */
 };
 
 /* Registers the module's mg_strerror() namer. Call once at start-up. */

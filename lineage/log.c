@@ -2,15 +2,20 @@
  * log.c — the LMDB log: one environment per directory and process, four databases.
  *
  *   entries      u64 BE index            -> the entry line (no LF), exact bytes
- *   nodes        u8 level, u64 BE index  -> 32-byte hash of that perfect subtree
- *                                           (level 0 = leaf hashes)
+ *   nodes        u64 BE last leaf, u8 level -> 32-byte hash of the perfect subtree of
+ *                                           that level ending at that leaf (level 0 =
+ *                                           leaf hashes)
  *   checkpoints  u64 BE size             -> signed note text
  *   meta         name                    -> value ("size", "last_time_us", "shipped" as
  *                                           u64 BE; "key", "origin" as text)
  *
  * Every subtree hash is stored once, when the append that completes it commits, so a
- * proof or a frontier is O(log n) point reads and nothing is ever rewritten. The writer
- * puts entries with MDB_APPEND (keys only grow). We never use MDB_NOSYNC, MDB_WRITEMAP or
+ * proof or a frontier is O(log n) point reads and nothing is ever rewritten. Node keys are
+ * in completion order: appending leaf s completes the subtrees ending at s, level 0 up, so
+ * (s, level) only grows and a commit's nodes all land in the tail page(s) of the tree
+ * (keyed level-first, each commit dirtied one leaf page and its branch path per level).
+ * meta "layout" = 2 records that; a log without it but with nodes is refused. The writer
+ * puts entries and nodes with MDB_APPEND (keys only grow). We never use MDB_NOSYNC, MDB_WRITEMAP or
  * MDB_MAPASYNC: a commit that returned is on disk, and a killed process leaves the last
  * commit intact. MDB_NOTLS lets read transactions run on any thread (the admin export, the
  * shipper). LMDB forbids opening one environment twice in a process (closing one would
@@ -52,6 +57,25 @@ int mg_lineage_log_txn(struct mg_lineage_log *log, bool write, MDB_txn **txn) {
   return rc;
 }
 
+#define LOG_LAYOUT "2"
+
+/* A new log is stamped with the node layout; an old one (nodes, no stamp) is refused. */
+static int check_layout(struct mg_lineage_log *l, MDB_txn *txn, bool rdonly) {
+  MDB_val k = {6, (void *)"layout"}, d;
+  int rc = mdb_get(txn, l->meta, &k, &d);
+  if (rc == 0)
+    return d.mv_size == sizeof LOG_LAYOUT - 1 && !memcmp(d.mv_data, LOG_LAYOUT, d.mv_size)
+               ? 0 : MG_LINEAGE_E_LAYOUT;
+  if (rc != MDB_NOTFOUND) return rc;
+  MDB_stat st;
+  if ((rc = mdb_stat(txn, l->nodes, &st))) return rc;
+  if (st.ms_entries) return MG_LINEAGE_E_LAYOUT;
+  if (rdonly) return 0;
+  d.mv_size = sizeof LOG_LAYOUT - 1;
+  d.mv_data = (void *)LOG_LAYOUT;
+  return mdb_put(txn, l->meta, &k, &d, 0);
+}
+
 static int open_env(const char *dir, size_t map_size_mb, bool rdonly, struct mg_lineage_log *l) {
   MDB_txn *txn = NULL;
   int rc = mdb_env_create(&l->env);
@@ -72,6 +96,7 @@ static int open_env(const char *dir, size_t map_size_mb, bool rdonly, struct mg_
       (rc = mdb_dbi_open(txn, "checkpoints", fl, &l->checkpoints)) ||
       (rc = mdb_dbi_open(txn, "meta", fl, &l->meta)))
     goto fail_txn;
+  if ((rc = check_layout(l, txn, rdonly))) goto fail_txn;
   if ((rc = mdb_txn_commit(txn))) goto fail_env;
   return 0;
 fail_txn:
@@ -110,7 +135,7 @@ int mg_lineage_log_open(const char *dir, size_t map_size_mb, bool rdonly,
   if (mrc) {
     free(l);
     /* A read-only open of a directory never written: no such databases yet. */
-    rc = mrc == MDB_NOTFOUND ? MG_ERR_NOTFOUND : mrc > 0 && mrc < 200 ? -mrc : mg_lineage_log_err(mrc);
+    rc = mrc == MDB_NOTFOUND ? MG_ERR_NOTFOUND : mrc == MG_LINEAGE_E_LAYOUT ? mrc : mrc > 0 && mrc < 200 ? -mrc : mg_lineage_log_err(mrc);
     goto unlock;
   }
   l->rdonly = rdonly;
@@ -187,15 +212,18 @@ uint64_t mg_lineage_log_slack(struct mg_lineage_log *log, uint64_t file_end) {
 
 /* ---- nodes ---------------------------------------------------------------------- */
 
-static void node_key(unsigned level, uint64_t index, uint8_t k[9]) {
-  k[0] = (uint8_t)level;
-  mg_be64(index, k + 1);
+/* (level, index) -> (last leaf, level); false when the subtree would end past 2^64 - 1. */
+static bool node_key(unsigned level, uint64_t index, uint8_t k[9]) {
+  if (level > 63 || index > (UINT64_MAX >> level) - 1) return false;
+  mg_be64(((index + 1) << level) - 1, k);
+  k[8] = (uint8_t)level;
+  return true;
 }
 
 int mg_lineage_log_get_node(void *ctx, unsigned level, uint64_t index, uint8_t out[MG_HASH_LEN]) {
   struct mg_lineage_nodes_ctx *c = ctx;
   uint8_t k[9];
-  node_key(level, index, k);
+  if (!node_key(level, index, k)) return MG_LINEAGE_E_RANGE;
   MDB_val key = {9, k}, val;
   int rc = mdb_get(c->txn, c->log->nodes, &key, &val);
   if (rc) return rc == MDB_NOTFOUND ? MG_LINEAGE_E_RANGE : mg_lineage_log_err(rc);
@@ -208,9 +236,9 @@ int mg_lineage_log_put_node(void *ctx, unsigned level, uint64_t index,
                             const uint8_t hash[MG_HASH_LEN]) {
   struct mg_lineage_nodes_ctx *c = ctx;
   uint8_t k[9];
-  node_key(level, index, k);
+  if (!node_key(level, index, k)) return MG_LINEAGE_E_RANGE;
   MDB_val key = {9, k}, val = {MG_HASH_LEN, (void *)hash};
-  int rc = mdb_put(c->txn, c->log->nodes, &key, &val, 0);
+  int rc = mdb_put(c->txn, c->log->nodes, &key, &val, MDB_APPEND);
   return rc ? mg_lineage_log_err(rc) : 0;
 }
 

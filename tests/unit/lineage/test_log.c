@@ -11,6 +11,7 @@
 #include <string.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -192,6 +193,61 @@ static void test_recovery(void **state) {
   mg_lineage_reader_close(r);
 }
 
+/* A log whose node keys predate the completion-order layout is refused by name, read-only
+ * or not; a new log is stamped with layout 2. */
+static void raw_log(const char *dir, const char *layout) {
+  MDB_env *env;
+  MDB_txn *txn;
+  MDB_dbi nodes, meta, other;
+  assert_int_equal(mdb_env_create(&env), 0);
+  assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
+  assert_int_equal(mdb_env_open(env, dir, 0, 0600), 0);
+  assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+  assert_int_equal(mdb_dbi_open(txn, "nodes", MDB_CREATE, &nodes), 0);
+  assert_int_equal(mdb_dbi_open(txn, "meta", MDB_CREATE, &meta), 0);
+  assert_int_equal(mdb_dbi_open(txn, "entries", MDB_CREATE, &other), 0);
+  assert_int_equal(mdb_dbi_open(txn, "checkpoints", MDB_CREATE, &other), 0);
+  uint8_t k[9] = {0}, h[MG_HASH_LEN] = {0};
+  MDB_val key = {9, k}, val = {MG_HASH_LEN, h};
+  assert_int_equal(mdb_put(txn, nodes, &key, &val, 0), 0);
+  if (layout) {
+    MDB_val mk = {6, (void *)"layout"}, mv = {strlen(layout), (void *)layout};
+    assert_int_equal(mdb_put(txn, meta, &mk, &mv, 0), 0);
+  }
+  assert_int_equal(mdb_txn_commit(txn), 0);
+  mdb_env_close(env);
+}
+
+static void test_layout(void **state) {
+  (void)state;
+  char dir[160];
+  struct mg_lineage_log *l = NULL;
+  snprintf(dir, sizeof dir, "%s/old", tmpdir);
+  assert_int_equal(mkdir(dir, 0700), 0);
+  raw_log(dir, NULL);
+  assert_int_equal(mg_lineage_log_open(dir, 16, false, &l), MG_LINEAGE_E_LAYOUT);
+  assert_int_equal(mg_lineage_log_open(dir, 0, true, &l), MG_LINEAGE_E_LAYOUT);
+  assert_non_null(strstr(mg_strerror(MG_LINEAGE_E_LAYOUT), "layout"));
+  snprintf(dir, sizeof dir, "%s/v1", tmpdir);
+  assert_int_equal(mkdir(dir, 0700), 0);
+  raw_log(dir, "1");
+  assert_int_equal(mg_lineage_log_open(dir, 16, false, &l), MG_LINEAGE_E_LAYOUT);
+  snprintf(dir, sizeof dir, "%s/new", tmpdir);
+  assert_int_equal(mkdir(dir, 0700), 0);
+  assert_int_equal(mg_lineage_log_open(dir, 16, false, &l), 0);
+  MDB_txn *txn;
+  char *v = NULL;
+  assert_int_equal(mg_lineage_log_txn(l, false, &txn), 0);
+  assert_int_equal(mg_lineage_log_meta_get_str(l, txn, "layout", &v), 0);
+  assert_string_equal(v, "2");
+  free(v);
+  mdb_txn_abort(txn);
+  mg_lineage_log_close(l);
+  /* and it opens again, stamped */
+  assert_int_equal(mg_lineage_log_open(dir, 0, true, &l), 0);
+  mg_lineage_log_close(l);
+}
+
 static void test_time_never_back(void **state) {
   (void)state;
   /* a last entry stamped in the future (a clock that stepped back since): new entries
@@ -230,6 +286,7 @@ int main(void) {
       cmocka_unit_test(test_open_and_registry),
       cmocka_unit_test(test_recovery),
       cmocka_unit_test(test_time_never_back),
+      cmocka_unit_test(test_layout),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
