@@ -57,6 +57,10 @@ void mg_log_set_level(enum mg_log_level level);
 enum mg_log_level mg_log_get_level(void);
 /* Writes a preformatted line (caller adds no LF) atomically to the log fd. */
 void mg_log_raw(const char *line, size_t len);
+/* Writes buf, whole lines each ending in LF, in as few write(2)s as keep every write at
+ * most PIPE_BUF bytes and cut at a line end (a pipe never interleaves such writes; a
+ * longer line goes alone). For callers that batch lines (the access log). */
+void mg_log_lines(const char *buf, size_t len);
 void mg_log_set_fd(int fd);
 
 #define mg_debug(...) do { if (mg_log_get_level() <= MG_LOG_DEBUG) mg_log(MG_LOG_DEBUG, __VA_ARGS__); } while (0)

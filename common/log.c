@@ -4,6 +4,8 @@
  */
 #include "common/common.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -32,6 +34,36 @@ void mg_log_raw(const char *line, size_t len) {
       (void)r;
     }
     mg_buf_clear(&b);
+  }
+}
+
+static void write_all(int fd, const char *p, size_t n) {
+  while (n) {
+    ssize_t r = write(fd, p, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return; /* a log that cannot be written is not a reason to stop serving */
+    p += r;
+    n -= (size_t)r;
+  }
+}
+
+void mg_log_lines(const char *buf, size_t len) {
+  int fd = atomic_load(&log_fd);
+  while (len) {
+    size_t n = len;
+    if (n > PIPE_BUF) {
+      /* up to the last line end within PIPE_BUF; an overlong first line goes alone */
+      size_t i = PIPE_BUF;
+      while (i > 0 && buf[i - 1] != '\n') i--;
+      if (i == 0) {
+        const char *e = memchr(buf + PIPE_BUF, '\n', len - PIPE_BUF);
+        i = e ? (size_t)(e - buf) + 1 : len;
+      }
+      n = i;
+    }
+    write_all(fd, buf, n);
+    buf += n;
+    len -= n;
   }
 }
 

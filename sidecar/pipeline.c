@@ -28,7 +28,7 @@ struct pworker {
   struct pworker *next;      /* registry, for shutdown */
   struct mg_authn_cache *cache;
   struct mg_policy_index *ix; /* cached reference to the app's current index */
-  struct mg_buf log;          /* access-log line scratch */
+  struct mg_buf logq;         /* access-log lines not written yet (see log_flush) */
   /* lineage commits done for this worker's requests, newest first (pushed by the writer
    * thread, taken whole by the worker): one mg_worker_post per batch, not per request */
   _Atomic(struct wake *) done;
@@ -81,6 +81,17 @@ static void process(struct rq *r);
 static struct pworker *pworkers;
 static pthread_mutex_t pworkers_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Access lines of one loop pass go out together: one write(2) per pass (PIPE_BUF chunks)
+ * instead of one per request. The flush runs before the loop waits again, so a line is
+ * never held while the worker sleeps; mg_pipeline_shutdown writes what is left. */
+#define LOGQ_MAX 32768
+
+static void log_flush(void *arg) {
+  struct pworker *p = arg;
+  if (p->logq.len) mg_log_lines(p->logq.data, p->logq.len);
+  mg_buf_reset(&p->logq);
+}
+
 static struct pworker *pw_get(struct mg_worker *w) {
   struct pworker *p = mg_worker_get_data(w);
   if (p) return p;
@@ -88,7 +99,8 @@ static struct pworker *pw_get(struct mg_worker *w) {
   if (!p) return NULL;
   p->cache = mg_authn_cache_new(4096);
   if (!p->cache) { free(p); return NULL; }
-  mg_buf_init(&p->log);
+  mg_buf_init(&p->logq);
+  mg_worker_set_later(w, log_flush, p);
   pthread_mutex_lock(&pworkers_lock);
   p->next = pworkers;
   pworkers = p;
@@ -106,7 +118,8 @@ void mg_pipeline_shutdown(void) {
     struct pworker *next = p->next;
     mg_authn_cache_free(p->cache);
     if (p->ix) mg_policy_index_unref(p->ix);
-    mg_buf_clear(&p->log);
+    log_flush(p);
+    mg_buf_clear(&p->logq);
     while (p->free_rq) {
       struct rq *r = p->free_rq;
       p->free_rq = *(struct rq **)r;
@@ -513,10 +526,10 @@ static int append_i64(struct mg_buf *b, int64_t v) {
 
 static void access_log(struct rq *r, const struct mg_req_outcome *o, struct pworker *pw) {
   const struct mg_req_info *in = mg_req_info(r->req);
-  struct mg_buf *b = pw ? &pw->log : NULL;
+  struct mg_buf *b = pw ? &pw->logq : NULL;
   struct mg_buf local;
   if (!b) { mg_buf_init(&local); b = &local; }
-  mg_buf_reset(b);
+  size_t start = b->len;
   char ts[MG_RFC3339_LEN];
   size_t tl = mg_time_format_rfc3339(mg_time_now_us(), ts);
   mg_buf_appends(b, "{\"time\":\"");
@@ -541,9 +554,18 @@ static void access_log(struct rq *r, const struct mg_req_outcome *o, struct pwor
     mg_buf_appends(b, ",\"reset\":");
     append_i64(b, (int64_t)o->reset);
   }
-  mg_buf_appends(b, "}");
-  mg_log_raw(b->data, b->len);
-  if (b == &local) mg_buf_clear(&local);
+  if (mg_buf_appends(b, "}\n") != 0) { /* out of memory: drop this line, keep the rest */
+    b->len = start;
+    return;
+  }
+  if (b == &local) {
+    mg_log_lines(local.data, local.len);
+    mg_buf_clear(&local);
+  } else if (b->len >= LOGQ_MAX) {
+    log_flush(pw);
+  } else if (start == 0) {
+    mg_worker_later(r->w);
+  }
 }
 
 void mg_pipeline_on_close(struct mg_req *req, const struct mg_req_outcome *o) {

@@ -75,6 +75,11 @@ struct mg_req *mg_worker_find_req(struct mg_worker *w, uint64_t handle);
 void mg_worker_set_data(struct mg_worker *w, void *data);
 void *mg_worker_get_data(const struct mg_worker *w);
 int mg_worker_index(const struct mg_worker *w);
+/* One "later" hook per worker: mg_worker_later() makes fn(arg) run once on w's loop after
+ * the events already ready in this pass, before the loop waits again (worker thread only;
+ * calls before it ran coalesce). The pipeline batches its access-log lines with it. */
+void mg_worker_set_later(struct mg_worker *w, void (*fn)(void *arg), void *arg);
+void mg_worker_later(struct mg_worker *w);
 
 /* Sends a complete local response (headers + body) and ends the stream. `extra` are added
  * response headers (lowercase names). The body is copied. */

@@ -189,6 +189,9 @@ struct mg_worker {
   struct event_base *base;
   struct evconnlistener *listener;
   struct event *post_ev;
+  struct event *later_ev;       /* mg_worker_later(): runs later_fn after this pass */
+  void (*later_fn)(void *arg);
+  void *later_arg;
   pthread_mutex_t post_lock;
   struct mg_post *post_head, *post_tail;
   void *data;

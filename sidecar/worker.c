@@ -38,6 +38,26 @@ void mg_worker_set_data(struct mg_worker *w, void *data) { w->data = data; }
 void *mg_worker_get_data(const struct mg_worker *w) { return w->data; }
 int mg_worker_index(const struct mg_worker *w) { return w->index; }
 
+static void later_cb(evutil_socket_t fd, short what, void *arg) {
+  struct mg_worker *w = arg;
+  (void)fd;
+  (void)what;
+  if (w->later_fn)
+    w->later_fn(w->later_arg);
+}
+
+void mg_worker_set_later(struct mg_worker *w, void (*fn)(void *arg), void *arg) {
+  w->later_fn = fn;
+  w->later_arg = arg;
+}
+
+/* An event activated by hand joins the end of the active queue: every callback already
+ * queued in this pass runs first (libevent coalesces a second activation). */
+void mg_worker_later(struct mg_worker *w) {
+  if (w->later_ev)
+    event_active(w->later_ev, EV_TIMEOUT, 0);
+}
+
 void mg_worker_post(struct mg_worker *w, void (*fn)(void *arg), void *arg) {
   struct mg_post *p = malloc(sizeof *p);
   if (!p) {
@@ -223,6 +243,8 @@ static void worker_free(struct mg_worker *w) {
     event_free(w->stop_ev);
   if (w->post_ev)
     event_free(w->post_ev);
+  if (w->later_ev)
+    event_free(w->later_ev);
   while ((p = w->post_head)) {
     w->post_head = p->next;
     free(p);
@@ -282,7 +304,8 @@ int mg_server_start(struct mg_config *cfg, struct mg_server **out, char *err, si
       goto fail_workers;
     }
     w->post_ev = event_new(w->base, -1, 0, post_drain, w);
-    if (!w->post_ev) {
+    w->later_ev = event_new(w->base, -1, 0, later_cb, w);
+    if (!w->post_ev || !w->later_ev) {
       rc = -ENOMEM;
       goto fail_workers;
     }

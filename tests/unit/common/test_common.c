@@ -7,6 +7,10 @@
 #include <cmocka.h>
 #include <string.h>
 
+#include <limits.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "common/common.h"
 
 static void test_b64url(void **state) {
@@ -135,10 +139,49 @@ static void test_buf_json(void **state) {
   assert_int_equal(mg_hex_decode("0g", 2, raw, 1), MG_ERR_INVALID);
 }
 
+/* Batched access lines: every byte arrives, in order, and each write(2) is at most
+ * PIPE_BUF bytes ending at a line end unless one line alone is longer. A socketpair of
+ * SOCK_SEQPACKET keeps write boundaries, so the reads show the writes. */
+static void test_log_lines(void **state) {
+  (void)state;
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0);
+  static char in[4 * PIPE_BUF], out[sizeof in + 1];
+  size_t len = 0;
+  const size_t sizes[] = {100, 3000, 1500, 2 * PIPE_BUF, 10, 200};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    memset(in + len, 'a' + (int)i, sizes[i] - 1);
+    in[len + sizes[i] - 1] = '\n';
+    len += sizes[i];
+  }
+  assert_true(len <= sizeof in);
+  mg_log_set_fd(sv[0]);
+  mg_log_lines(in, len);
+  mg_log_set_fd(2);
+  close(sv[0]);
+  size_t got = 0, nwrites = 0;
+  const size_t want[] = {100 + 3000, 1500, 2 * PIPE_BUF, 10 + 200};
+  for (;;) {
+    ssize_t r = read(sv[1], out + got, sizeof out - got);
+    assert_true(r >= 0);
+    if (r == 0) break;
+    assert_true(nwrites < 4);
+    assert_int_equal((size_t)r, want[nwrites]);
+    assert_int_equal(out[got + (size_t)r - 1], '\n');
+    got += (size_t)r;
+    nwrites++;
+  }
+  close(sv[1]);
+  assert_int_equal(nwrites, 4);
+  assert_int_equal(got, len);
+  assert_memory_equal(in, out, len);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_b64url), cmocka_unit_test(test_b64std), cmocka_unit_test(test_time),
     cmocka_unit_test(test_uuidv7), cmocka_unit_test(test_utf8), cmocka_unit_test(test_buf_json),
+    cmocka_unit_test(test_log_lines),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
