@@ -87,8 +87,17 @@ static void slot(struct enc *e, const char *k, enum mg_enc_slot what) {
 }
 
 static void begin(struct enc *e, struct mg_lineage_tmpl *t) {
+  char *keep = t->data;
+  size_t cap = t->cap;
   memset(t, 0, sizeof *t);
   mg_buf_init(&e->b);
+  if (keep && cap) { /* a recycled template (the writer's per-thread item pools) */
+    e->b.data = keep;
+    e->b.cap = cap;
+    keep[0] = 0;
+  } else {
+    free(keep);
+  }
   e->t = t;
   e->last = NULL;
   /* one allocation for a typical entry (access lines are ~300-500 bytes) */
@@ -105,6 +114,7 @@ static int end(struct enc *e) {
     return e->err;
   }
   e->t->len = e->b.len;
+  e->t->cap = e->b.cap;
   e->t->data = mg_buf_steal(&e->b);
   return 0;
 }

@@ -29,6 +29,7 @@ enum mg_enc_slot { MG_ENC_INDEX = 0, MG_ENC_OF = 1, MG_ENC_TIME = 2 };
 struct mg_lineage_tmpl {
   char *data;
   size_t len;
+  size_t cap;       /* data's allocation: a template built over a kept one reuses it */
   uint32_t at[3];
   uint8_t what[3];
   uint8_t n;
@@ -36,7 +37,8 @@ struct mg_lineage_tmpl {
 
 /* Each returns 0, -EINVAL (a string is not valid UTF-8 or a required field is missing)
  * or -ENOMEM; on success *t owns data (free with mg_lineage_tmpl_clear). origin_json is
- * the origin already encoded as a JSON string (quotes included). */
+ * the origin already encoded as a JSON string (quotes included). *t must be zeroed or
+ * hold an earlier template, whose buffer is then reused (freed on failure). */
 int mg_lineage_tmpl_access(const struct mg_lineage_access *a, const char *origin_json,
                            struct mg_lineage_tmpl *t);
 int mg_lineage_tmpl_outcome(const struct mg_lineage_outcome *o, const char *origin_json,

@@ -83,8 +83,11 @@ struct mg_lineage_rec {
 
 enum kind { K_ACCESS, K_OUTCOME, K_POLICY, K_SUMMARY };
 
+struct item_pool;
+
 struct item {
   struct item *next;
+  struct item_pool *pool; /* the submitting thread's pool it returns to, or NULL */
   uint8_t kind;
   bool deny, urgent, skip;
   struct mg_lineage_tmpl t;
@@ -110,8 +113,30 @@ struct sum {
   char *peer, *reason, *decision; /* one allocation at peer */
 };
 
+/* Items (and their template buffers) are allocated on the submitting thread and freed on
+ * the writer thread; glibc returns a chunk to the arena it came from under that arena's
+ * lock, so every request cost the worker's arena four contended cross-thread frees. Each
+ * submitting thread instead keeps a pool: the writer pushes used items back onto its
+ * lock-free `ret` stack, the owner takes the whole stack when its own list is empty
+ * (no ABA: only the owner pops, and it takes everything) and frees above POOL_MAX. */
+#define POOL_MAX 2048
+#define POOL_KEEP_BUF 2048 /* template buffers above this are not kept */
+
+struct item_pool {
+  struct item_pool *next;         /* the writer's registry (under mu), freed at close */
+  _Atomic(struct item *) ret;     /* pushed by the writer thread */
+  struct item *free;              /* owner thread only */
+  size_t nfree;
+};
+
+static _Atomic uint64_t writer_serial;
+static __thread struct item_pool *tls_pool;
+static __thread uint64_t tls_pool_serial;
+
 struct mg_lineage_writer {
   struct mg_lineage_log *log;
+  uint64_t serial;                /* tells a thread's pool of this writer from a closed one's */
+  struct item_pool *pools;        /* under mu */
   int64_t last_release_us; /* release_mapped() */
   void *map_base;           /* the LMDB map, found once */
   size_t map_len;
@@ -176,9 +201,86 @@ void mg_lineage_rec_unref(struct mg_lineage_rec *rec) {
 /* ---- queue --------------------------------------------------------------------- */
 
 static void item_free(struct item *it) {
-  mg_lineage_tmpl_clear(&it->t);
   free(it->peer);
   mg_lineage_rec_unref(it->rec);
+  struct item_pool *p = it->pool;
+  if (!p) {
+    mg_lineage_tmpl_clear(&it->t);
+    free(it);
+    return;
+  }
+  if (it->t.cap > POOL_KEEP_BUF) mg_lineage_tmpl_clear(&it->t);
+  struct item *head = atomic_load_explicit(&p->ret, memory_order_relaxed);
+  do {
+    it->next = head;
+  } while (!atomic_compare_exchange_weak_explicit(&p->ret, &head, it, memory_order_release,
+                                                  memory_order_relaxed));
+}
+
+static void pool_drop(struct item *list) {
+  while (list) {
+    struct item *next = list->next;
+    mg_lineage_tmpl_clear(&list->t);
+    free(list);
+    list = next;
+  }
+}
+
+/* The calling thread's pool for w, made on its first submission. */
+static struct item_pool *pool_get(struct mg_lineage_writer *w) {
+  if (tls_pool && tls_pool_serial == w->serial) return tls_pool;
+  struct item_pool *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  pthread_mutex_lock(&w->mu);
+  p->next = w->pools;
+  w->pools = p;
+  pthread_mutex_unlock(&w->mu);
+  tls_pool = p;
+  tls_pool_serial = w->serial;
+  return p;
+}
+
+/* A zeroed item (keeping a recycled template buffer), from the pool when it has one. */
+static struct item *item_new(struct mg_lineage_writer *w) {
+  struct item_pool *p = pool_get(w);
+  if (!p) return calloc(1, sizeof(struct item));
+  if (!p->free) {
+    struct item *list = atomic_exchange_explicit(&p->ret, NULL, memory_order_acquire);
+    size_t n = 0;
+    for (struct item **q = &list; *q; q = &(*q)->next)
+      if (++n == POOL_MAX) {
+        pool_drop((*q)->next);
+        (*q)->next = NULL;
+        break;
+      }
+    p->free = list;
+    p->nfree = n;
+  }
+  struct item *it = p->free;
+  if (!it) {
+    it = calloc(1, sizeof *it);
+    if (it) it->pool = p;
+    return it;
+  }
+  p->free = it->next;
+  p->nfree--;
+  struct mg_lineage_tmpl keep = {.data = it->t.data, .cap = it->t.cap};
+  memset(it, 0, sizeof *it);
+  it->t = keep;
+  it->pool = p;
+  return it;
+}
+
+/* An item that was never queued, on its submitting thread. */
+static void item_discard(struct item *it) {
+  struct item_pool *p = it->pool;
+  if (p && p->nfree < POOL_MAX) {
+    it->next = p->free;
+    p->free = it;
+    p->nfree++;
+    return;
+  }
+  mg_lineage_tmpl_clear(&it->t);
   free(it);
 }
 
@@ -241,7 +343,7 @@ int mg_lineage_submit_access(struct mg_lineage_writer *w, const struct mg_lineag
   int rc;
   if (out_rec) *out_rec = NULL;
   if (!w || !a) return MG_ERR_INVALID;
-  if (!(it = calloc(1, sizeof *it))) return -ENOMEM;
+  if (!(it = item_new(w))) return -ENOMEM;
   it->kind = K_ACCESS;
   it->cb = cb;
   it->arg = arg;
@@ -275,9 +377,9 @@ fail_rec:
   it->rec = NULL;
 fail_tmpl:
   free(it->peer);
-  mg_lineage_tmpl_clear(&it->t);
+  it->peer = NULL;
 fail_item:
-  free(it);
+  item_discard(it);
   return rc;
 }
 
@@ -289,19 +391,20 @@ int mg_lineage_submit_outcome(struct mg_lineage_writer *w, struct mg_lineage_rec
     mg_lineage_rec_unref(take_rec);
     return MG_ERR_INVALID;
   }
-  if (!(it = calloc(1, sizeof *it))) {
+  if (!(it = item_new(w))) {
     rc = -ENOMEM;
     goto fail;
   }
   it->kind = K_OUTCOME;
-  it->rec = take_rec;
   if ((rc = mg_lineage_tmpl_outcome(o, w->origin_json, &it->t))) goto fail_item;
-  if ((rc = enqueue(w, it))) goto fail_tmpl;
+  it->rec = take_rec;
+  if ((rc = enqueue(w, it))) {
+    it->rec = NULL;
+    goto fail_item;
+  }
   return 0;
-fail_tmpl:
-  mg_lineage_tmpl_clear(&it->t);
 fail_item:
-  free(it);
+  item_discard(it);
 fail:
   mg_lineage_rec_unref(take_rec);
   return rc;
@@ -897,6 +1000,7 @@ int mg_lineage_writer_open(const struct mg_lineage_config *cfg, struct mg_lineag
                  : cfg->durability == MG_LINEAGE_ASYNC ? DEFAULT_GROUP_ASYNC : DEFAULT_GROUP;
   w->queue_cap = MG_MAX((size_t)65536, 16 * w->max_group);
   w->qtail = &w->qhead;
+  w->serial = atomic_fetch_add(&writer_serial, 1) + 1;
   w->st.healthy = true;
   mg_buf_init(&w->line);
   mg_buf_init(&ob);
@@ -1001,6 +1105,14 @@ void mg_lineage_writer_close(struct mg_lineage_writer *w) {
   mdb_env_set_flags(w->log->env, MDB_NOMETASYNC, 0);
   mg_lineage_log_close(w->log);
   for (size_t i = 0; i <= w->nold; i++) mg_note_signer_free(w->signers[i]);
+  /* every item is back in its pool by now (submitters stop before close) */
+  while (w->pools) {
+    struct item_pool *p = w->pools;
+    w->pools = p->next;
+    pool_drop(p->free);
+    pool_drop(atomic_load(&p->ret));
+    free(p);
+  }
   pthread_cond_destroy(&w->cv);
   pthread_cond_destroy(&w->done_cv);
   pthread_mutex_destroy(&w->mu);

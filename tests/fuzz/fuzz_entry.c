@@ -109,7 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (size_t i = 0; i < a.ngroups && i < 64; i++)
     if (!mg_utf8_valid(a.groups[i], strlen(a.groups[i]))) want_ok = false;
 
-  struct mg_lineage_tmpl t;
+  struct mg_lineage_tmpl t = {0};
   int rc = mg_lineage_tmpl_access(&a, "\"fuzz/origin\"", &t);
   if (want_ok != (rc == 0) || (rc && rc != -EINVAL)) {
     fprintf(stderr, "access: rc %d, expected %s\n", rc, want_ok ? "success" : "-EINVAL");

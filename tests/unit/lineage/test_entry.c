@@ -34,7 +34,7 @@ static void test_access_golden(void **state) {
       .product = "orders", .dataset = "orders_fact", .action = "read", .method = "GET",
       .path = "/datasets/orders_fact/2024?x=1", .purpose = "analytics", .decision = "allow",
       .grant = "orders-analysts-read", .policy_revision = "abc123", .token = "deadbeef"};
-  struct mg_lineage_tmpl t;
+  struct mg_lineage_tmpl t = {0};
   assert_int_equal(mg_lineage_tmpl_access(&a, OJ, &t), 0);
   char *l = line(&t, 42, 0);
   assert_string_equal(l,
@@ -63,7 +63,7 @@ static void test_access_golden(void **state) {
 
 static void test_outcome_policy_summary_golden(void **state) {
   (void)state;
-  struct mg_lineage_tmpl t;
+  struct mg_lineage_tmpl t = {0};
   /* counters over INT64_MAX are clamped: JSON readers refuse larger integers */
   struct mg_lineage_outcome o = {.request_id = "r1", .status = 200, .reset = -1,
                                  .bytes_in = 12, .bytes_out = 34567, .duration_us = UINT64_MAX};
@@ -108,7 +108,7 @@ static void test_outcome_policy_summary_golden(void **state) {
 
 static void test_escaping_and_utf8(void **state) {
   (void)state;
-  struct mg_lineage_tmpl t;
+  struct mg_lineage_tmpl t = {0};
   struct mg_lineage_access a = {.request_id = "r", .decision = "deny",
                                 .path = "/a\"b\\c\n\x01\xc3\xa9\xe2\x82\xac",
                                 .principal = "user:\xf0\x9f\x98\x80"};
@@ -152,7 +152,7 @@ static void test_groups_cap(void **state) {
     g[i] = names[i];
   }
   struct mg_lineage_access a = {.request_id = "r", .decision = "allow", .groups = g, .ngroups = 100};
-  struct mg_lineage_tmpl t;
+  struct mg_lineage_tmpl t = {0};
   assert_int_equal(mg_lineage_tmpl_access(&a, OJ, &t), 0);
   char *l = line(&t, 1, 0);
   json_t *j = json_loads(l, 0, NULL);
