@@ -138,6 +138,7 @@ struct mg_lineage_writer {
   uint64_t serial;                /* tells a thread's pool of this writer from a closed one's */
   struct item_pool *pools;        /* under mu */
   int64_t last_release_us; /* release_mapped() */
+  size_t released_len;      /* the log's used size at the last release */
   void *map_base;           /* the LMDB map, found once */
   size_t map_len;
   struct mg_lineage_reader reader;
@@ -787,7 +788,7 @@ callbacks:
 /* LMDB reads its B-trees through a read-only shared mapping, and in an append-only log
  * every page is the rightmost leaf once, so every page the log ever had ends up mapped in
  * this process: clean, file-backed and reclaimable, yet counted in RSS (hundreds of MB
- * after a long run). Every 200 ms the writer drops those page-table entries; pages still
+ * after a long run). The writer drops those page-table entries (see below for when); pages still
  * in use fault back in from the page cache, and concurrent readers see the same bytes.
  * LMDB does not expose the map address (mdb_env_info's me_mapaddr is only set for fixed
  * maps), so it is found once in /proc/self/maps by the data file's device and inode. */
@@ -816,15 +817,26 @@ static void *find_map(struct mg_lineage_writer *w, size_t *len) {
   return base;
 }
 
+/* When: the log grew RELEASE_GROWTH bytes since the last time (what the writer itself
+ * maps), or RELEASE_MAX_US passed (what readers such as an export mapped); never more
+ * often than RELEASE_MIN_US. A release over a large range costs TLB-shootdown interrupts
+ * on every core running this process, i.e. latency on the workers: at a moderate rate it
+ * now happens every few seconds instead of five times a second. */
+#define RELEASE_GROWTH (8u << 20)
+#define RELEASE_MIN_US 200000
+#define RELEASE_MAX_US 10000000
+
 static void release_mapped(struct mg_lineage_writer *w) {
   int64_t now = mg_mono_now_us();
-  if (now - w->last_release_us < 200000) return;
-  w->last_release_us = now;
-  if (!w->map_base && !(w->map_base = find_map(w, &w->map_len))) return;
+  if (now - w->last_release_us < RELEASE_MIN_US) return;
   MDB_envinfo info;
   MDB_stat st;
   if (mdb_env_info(w->log->env, &info) || mdb_env_stat(w->log->env, &st)) return;
   size_t len = (size_t)(info.me_last_pgno + 1) * st.ms_psize;
+  if (len < w->released_len + RELEASE_GROWTH && now - w->last_release_us < RELEASE_MAX_US) return;
+  w->last_release_us = now;
+  w->released_len = len;
+  if (!w->map_base && !(w->map_base = find_map(w, &w->map_len))) return;
   if (len > w->map_len) len = w->map_len;
   (void)madvise(w->map_base, len, MADV_DONTNEED);
 }
