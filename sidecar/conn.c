@@ -964,6 +964,18 @@ static void conn_flush_ev(evutil_socket_t fd, short what, void *arg) {
     mg_tp_conn_destroy(c);
 }
 
+/* Bytes from the client into the session; nonzero when the connection died. */
+static int conn_feed(void *arg, const uint8_t *p, size_t n) {
+  struct mg_conn *c = arg;
+  ssize_t rv = nghttp2_session_mem_recv(c->sess, p, n);
+  if (rv < 0) {
+    mg_debug("conn %s: %s", c->peer, nghttp2_strerror((int)rv));
+    conn_kill(c);
+    return -1;
+  }
+  return c->dead ? -1 : 0;
+}
+
 static void conn_readcb(struct bufferevent *bev, void *arg) {
   struct mg_conn *c = arg;
   struct evbuffer *in = bufferevent_get_input(bev);
@@ -978,18 +990,15 @@ static void conn_readcb(struct bufferevent *bev, void *arg) {
   while ((nv = evbuffer_peek(in, -1, NULL, v, 16)) > 0) {
     size_t total = 0;
     for (int i = 0; i < nv && i < 16; i++) {
-      ssize_t rv = nghttp2_session_mem_recv(c->sess, v[i].iov_base, v[i].iov_len);
-      if (rv < 0) {
-        mg_debug("conn %s: %s", c->peer, nghttp2_strerror((int)rv));
-        conn_kill(c);
+      if (conn_feed(c, v[i].iov_base, v[i].iov_len))
         return;
-      }
       total += v[i].iov_len;
-      if (c->dead)
-        return;
     }
     evbuffer_drain(in, total);
   }
+  /* TLS reads go through OpenSSL's records; only a plaintext socket is read directly */
+  if (!c->ssl && mg_tp_read_more(bufferevent_getfd(bev), conn_feed, c))
+    return;
   conn_flush(c);
 }
 

@@ -220,6 +220,17 @@ struct mg_server {
 
 /* ---- worker.c ---- */
 struct mg_server *mg_tp_worker_server(struct mg_worker *w);
+/* libevent 2.1 reads at most 4096 bytes per read callback (EVBUFFER_MAX_READ), so a 16 KiB
+ * response took four loop passes, each with its own downstream write and two epoll_ctl
+ * calls. After an h2 session consumed what the bufferevent read, this reads the rest the
+ * (plaintext) socket holds into a per-thread 64 KiB buffer and passes it to feed, up to
+ * MG_TP_READ_MORE bytes per callback so one busy connection cannot starve the others.
+ * Stops at EAGAIN, at EOF or an error (left for the bufferevent's next read to report),
+ * or when feed returns nonzero (its value is returned). Worker threads only. */
+#define MG_TP_READ_MORE (256u * 1024)
+int mg_tp_read_more(evutil_socket_t fd, int (*feed)(void *ctx, const uint8_t *p, size_t n),
+                    void *ctx);
+
 void mg_tp_worker_conn_add(struct mg_worker *w, struct mg_conn *c);
 void mg_tp_worker_conn_del(struct mg_worker *w, struct mg_conn *c);
 void mg_tp_worker_check_stopped(struct mg_worker *w);

@@ -515,6 +515,17 @@ static void uc_flush_ev(evutil_socket_t fd, short what, void *arg) {
   }
 }
 
+/* Bytes from the product into the session; nonzero when the connection died. */
+static int uc_feed(void *arg, const uint8_t *p, size_t n) {
+  struct mg_upconn *uc = arg;
+  ssize_t rv = nghttp2_session_mem_recv(uc->sess, p, n);
+  if (rv < 0) {
+    uc_kill(uc, nghttp2_strerror((int)rv));
+    return -1;
+  }
+  return uc->dead ? -1 : 0;
+}
+
 static void uc_readcb(struct bufferevent *bev, void *arg) {
   struct mg_upconn *uc = arg;
   struct evbuffer *in = bufferevent_get_input(bev);
@@ -525,17 +536,14 @@ static void uc_readcb(struct bufferevent *bev, void *arg) {
   while ((nv = evbuffer_peek(in, -1, NULL, v, 16)) > 0) {
     size_t total = 0;
     for (int i = 0; i < nv && i < 16; i++) {
-      ssize_t rv = nghttp2_session_mem_recv(uc->sess, v[i].iov_base, v[i].iov_len);
-      if (rv < 0) {
-        uc_kill(uc, nghttp2_strerror((int)rv));
+      if (uc_feed(uc, v[i].iov_base, v[i].iov_len))
         return;
-      }
       total += v[i].iov_len;
-      if (uc->dead)
-        return;
     }
     evbuffer_drain(in, total);
   }
+  if (mg_tp_read_more(bufferevent_getfd(bev), uc_feed, uc))
+    return;
   drain_queue(uc->pool);
   uc_flush(uc);
 }

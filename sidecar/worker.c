@@ -38,6 +38,26 @@ void mg_worker_set_data(struct mg_worker *w, void *data) { w->data = data; }
 void *mg_worker_get_data(const struct mg_worker *w) { return w->data; }
 int mg_worker_index(const struct mg_worker *w) { return w->index; }
 
+int mg_tp_read_more(evutil_socket_t fd, int (*feed)(void *ctx, const uint8_t *p, size_t n),
+                    void *ctx) {
+  static __thread uint8_t buf[65536];
+  size_t total = 0;
+  while (total < MG_TP_READ_MORE) {
+    ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return 0;
+    int rv = feed(ctx, buf, (size_t)n);
+    if (rv)
+      return rv;
+    total += (size_t)n;
+    if ((size_t)n < sizeof buf)
+      return 0; /* drained */
+  }
+  return 0;
+}
+
 static void later_cb(evutil_socket_t fd, short what, void *arg) {
   struct mg_worker *w = arg;
   (void)fd;
@@ -297,7 +317,15 @@ int mg_server_start(struct mg_config *cfg, struct mg_server **out, char *err, si
     w->srv = s;
     w->index = i;
     pthread_mutex_init(&w->post_lock, NULL);
-    w->base = event_base_new();
+    /* The epoll changelist folds the EV_WRITE add/remove a bufferevent does around every
+     * flush into at most one epoll_ctl per loop pass (none when they cancel out). Its
+     * caveat, fds dup()ed and closed behind libevent's back, does not apply here. */
+    struct event_config *ec = event_config_new();
+    if (ec) {
+      event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+      w->base = event_base_new_with_config(ec);
+      event_config_free(ec);
+    }
     if (!w->base) {
       snprintf(err, errlen, "event_base_new failed");
       rc = -ENOMEM;

@@ -60,6 +60,8 @@ def main(argv):
     p.add_argument("--durability", default="write-ahead")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--path", default="/datasets/small", choices=["/datasets/small", "/datasets/big"],
+                   help="100-byte or 16 KiB responses")
     p.add_argument("--conns", type=int, default=4)
     p.add_argument("--streams", type=int, default=32)
     p.add_argument("--rate", type=int, default=250, help="req/s per connection (4 connections)")
@@ -92,9 +94,9 @@ def main(argv):
         b.setup_meshgate(c)
         admin = c.info["config"]["admin"]["address"].rsplit(":", 1)[1]
         pid = c.proc.pid
-        url = c.url("/datasets/small")
+        url = c.url(a.path)
         bench.run_h2load(url, {"c": 4, "m": 32, "n": 5000}, b.token, b.tmp / "w.tsv", 60)
-        upurl = f"http://127.0.0.1:{b.up_port}/datasets/small"
+        upurl = f"http://127.0.0.1:{b.up_port}{a.path}"
         if a.timeline:
             st = subprocess.Popen(["strace", "-f", "-tt", "-T", "-o", "/tmp/meshgate-timeline.strace",
                                    "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
