@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <getopt.h>
-#include <malloc.h>
 #include <jansson.h>
 #include <lmdb.h>
 #include <nats/nats.h>
@@ -363,13 +362,6 @@ static int cmd_serve(int argc, char **argv) {
 
   mg_policy_init();
   mg_lineage_init();
-  /* Every request allocates and frees a few KB on its worker's arena; with glibc's
-   * default 128 KB trim threshold the arena's top was given back (madvise) and faulted in
-   * again many times a second (sysmalloc, page faults: ~4% of the CPU under load). Keep up
-   * to 8 MB of free top per arena; a fixed mmap threshold (setting the trim threshold
-   * turns the dynamic one off) keeps big, rare buffers out of the arenas. */
-  mallopt(M_TRIM_THRESHOLD, 8 << 20);
-  mallopt(M_MMAP_THRESHOLD, 1 << 20);
   struct mg_config *cfg = NULL;
   char err[1024];
   if (mg_config_load(path, &cfg, err, sizeof err)) return die("%s", err);
