@@ -190,6 +190,7 @@ struct mg_worker {
   struct evconnlistener *listener;
   struct event *post_ev;
   struct event *later_ev;       /* mg_worker_later(): runs later_fn after this pass */
+  struct evdns_base *dns;       /* made on the first upstream host name (mg_tp_connect) */
   void (*later_fn)(void *arg);
   void *later_arg;
   pthread_mutex_t post_lock;
@@ -290,7 +291,15 @@ void mg_tp_h1_pool_retire(struct mg_uppool *p);
 /* Body buffer size per stream and direction (cfg value, or the 256 KiB default). */
 size_t mg_tp_body_buffer(const struct mg_config *cfg);
 /* Resolves "host:port" / "unix:/path" (numeric host or a blocking lookup). */
-int mg_tp_resolve(const char *address, struct sockaddr_storage *ss, socklen_t *len);
+/* Starts bev's connection to address ("host:port", "[v6]:port", "unix:/path"): numeric
+ * addresses and unix paths at once, host names through the worker's evdns, so a lookup
+ * never blocks the loop (/etc/hosts first, then the resolv.conf servers). The outcome
+ * arrives as BEV_EVENT_CONNECTED or BEV_EVENT_ERROR; the caller's connect timer bounds a
+ * slow lookup too. 0, or an error with a reason in why. */
+int mg_tp_connect(struct mg_worker *w, struct bufferevent *bev, const char *address, char *why,
+                  size_t whylen);
+/* After BEV_EVENT_ERROR on a connecting bufferevent: the lookup's or the socket's error. */
+const char *mg_tp_connect_error(struct bufferevent *bev);
 struct mg_config *mg_tp_pool_cfg(struct mg_uppool *p);
 struct mg_worker *mg_tp_pool_worker(struct mg_uppool *p);
 /* The HTTP/1.1 leg's private state hangs off the pool here. */

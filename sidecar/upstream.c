@@ -20,6 +20,8 @@
  */
 #include "sidecar/transport_int.h"
 
+#include <event2/dns.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -64,50 +66,71 @@ struct mg_config *mg_tp_pool_cfg(struct mg_uppool *p) { return p->w->cfg; }
 void **mg_tp_pool_h1_slot(struct mg_uppool *p) { return &p->h1; }
 struct mg_worker *mg_tp_pool_worker(struct mg_uppool *p) { return p->w; }
 
-int mg_tp_resolve(const char *address, struct sockaddr_storage *ss, socklen_t *len) {
-  memset(ss, 0, sizeof *ss);
+int mg_tp_connect(struct mg_worker *w, struct bufferevent *bev, const char *address, char *why,
+                  size_t whylen) {
+  struct sockaddr_storage ss;
+  int sslen = 0;
+  memset(&ss, 0, sizeof ss);
   if (strncmp(address, "unix:", 5) == 0) {
-    struct sockaddr_un *su = (struct sockaddr_un *)ss;
+    struct sockaddr_un *su = (struct sockaddr_un *)&ss;
     size_t n = strlen(address + 5);
-    if (n == 0 || n >= sizeof su->sun_path)
+    if (n == 0 || n >= sizeof su->sun_path) {
+      snprintf(why, whylen, "%s: bad unix socket path", address);
       return MG_ERR_INVALID;
+    }
     su->sun_family = AF_UNIX;
     memcpy(su->sun_path, address + 5, n + 1);
-    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
-    return 0;
-  }
-  {
-    char host[256];
-    const char *colon = strrchr(address, ':');
+    sslen = (int)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+  } else {
+    char host[256], *end = NULL;
+    const char *colon = strrchr(address, ':'), *h = address;
     size_t hl;
-    struct addrinfo hints = {0}, *res = NULL;
-    int rc;
-    if (!colon)
+    if (!colon) {
+      snprintf(why, whylen, "%s: no port", address);
       return MG_ERR_INVALID;
+    }
     hl = (size_t)(colon - address);
     if (address[0] == '[' && hl >= 2 && address[hl - 1] == ']') {
-      address++;
+      h++;
       hl -= 2;
     }
-    if (hl == 0 || hl >= sizeof host)
+    long port = strtol(colon + 1, &end, 10);
+    if (hl == 0 || hl >= sizeof host || !colon[1] || *end || port <= 0 || port > 65535) {
+      snprintf(why, whylen, "%s: bad address", address);
       return MG_ERR_INVALID;
-    memcpy(host, address, hl);
-    host[hl] = 0;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-    rc = getaddrinfo(host, colon + 1, &hints, &res);
-    if (rc == EAI_NONAME) {
-      /* A name: blocking lookup on the worker (connections are long-lived; rare). */
-      hints.ai_flags = AI_NUMERICSERV;
-      rc = getaddrinfo(host, colon + 1, &hints, &res);
     }
-    if (rc != 0 || !res)
-      return MG_ERR_NOTFOUND;
-    memcpy(ss, res->ai_addr, res->ai_addrlen);
-    *len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return 0;
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    sslen = (int)sizeof ss;
+    if (evutil_parse_sockaddr_port(address, (struct sockaddr *)&ss, &sslen) != 0) {
+      /* a name: asynchronous lookup on this worker's loop */
+      if (!w->dns && !(w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                                            EVDNS_BASE_DISABLE_WHEN_INACTIVE))) {
+        snprintf(why, whylen, "%s: cannot start the DNS resolver", address);
+        return MG_ERR_NOTFOUND;
+      }
+      if (bufferevent_socket_connect_hostname(bev, w->dns, AF_UNSPEC, host, (int)port) < 0) {
+        snprintf(why, whylen, "%s: cannot resolve", address);
+        return MG_ERR_NOTFOUND;
+      }
+      return 0;
+    }
   }
+  if (bufferevent_socket_connect(bev, (struct sockaddr *)&ss, sslen) < 0) {
+    int e = errno;
+    snprintf(why, whylen, "%s: %s", address, strerror(e ? e : ECONNREFUSED));
+    return -(e ? e : ECONNREFUSED);
+  }
+  return 0;
+}
+
+/* The reason a connection attempt failed: the lookup's, else the socket's. */
+const char *mg_tp_connect_error(struct bufferevent *bev) {
+  int dns = bufferevent_socket_get_dns_error(bev);
+  if (dns)
+    return evutil_gai_strerror(dns);
+  int e = EVUTIL_SOCKET_ERROR();
+  return e ? evutil_socket_error_to_string(e) : "connection closed";
 }
 
 /* ---- helpers ---- */
@@ -585,11 +608,8 @@ static void uc_eventcb(struct bufferevent *bev, short events, void *arg) {
     uc_connected(uc);
     return;
   }
-  if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-    int e = EVUTIL_SOCKET_ERROR();
-    uc_kill(uc, (events & BEV_EVENT_ERROR) && e ? evutil_socket_error_to_string(e)
-                                                  : "connection closed");
-  }
+  if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+    uc_kill(uc, (events & BEV_EVENT_ERROR) ? mg_tp_connect_error(bev) : "connection closed");
 }
 
 static void uc_timer_cb(evutil_socket_t fd, short what, void *arg) {
@@ -600,15 +620,9 @@ static void uc_timer_cb(evutil_socket_t fd, short what, void *arg) {
 
 static struct mg_upconn *uc_open(struct mg_uppool *p, char *why, size_t whylen) {
   struct mg_config *cfg = p->w->cfg;
-  struct sockaddr_storage ss;
-  socklen_t sslen;
   int ms = cfg->upstream.connect_timeout_ms > 0 ? cfg->upstream.connect_timeout_ms : 2000;
   struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
   struct mg_upconn *uc;
-  if (mg_tp_resolve(cfg->upstream.address, &ss, &sslen) < 0) {
-    snprintf(why, whylen, "%s: cannot resolve", cfg->upstream.address);
-    return NULL;
-  }
   uc = calloc(1, sizeof *uc);
   if (!uc) {
     snprintf(why, whylen, "out of memory");
@@ -627,9 +641,7 @@ static struct mg_upconn *uc_open(struct mg_uppool *p, char *why, size_t whylen) 
   bufferevent_setwatermark(uc->bev, EV_WRITE, MG_TP_OUT_LOW, 0);
   uc->next = p->conns;
   p->conns = uc;
-  if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&ss, (int)sslen) < 0) {
-    int e = errno;
-    snprintf(why, whylen, "%s: %s", cfg->upstream.address, strerror(e ? e : ECONNREFUSED));
+  if (mg_tp_connect(p->w, uc->bev, cfg->upstream.address, why, whylen) < 0) {
     uc->dead = true;
     uc_want_write(uc); /* destroyed on the next loop turn */
     return NULL;

@@ -490,7 +490,7 @@ static void hc_eventcb(struct bufferevent *bev, short events, void *arg) {
     return;
   }
   if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-    int e = EVUTIL_SOCKET_ERROR();
+    const char *err = (events & BEV_EVENT_ERROR) ? mg_tp_connect_error(bev) : "connection closed";
     char why[160];
     if (hc->r && (events & BEV_EVENT_EOF) && !hc->msg_complete) {
       /* EOF may complete a read-until-close body. */
@@ -518,9 +518,7 @@ static void hc_eventcb(struct bufferevent *bev, short events, void *arg) {
       h1_assign(hp, r);
       return;
     }
-    snprintf(why, sizeof why, "%s: %s", mg_tp_pool_cfg(hc->hp->pool)->upstream.address,
-             (events & BEV_EVENT_ERROR) && e ? evutil_socket_error_to_string(e)
-                                             : "connection closed");
+    snprintf(why, sizeof why, "%s: %s", mg_tp_pool_cfg(hc->hp->pool)->upstream.address, err);
     if (hc->r && hc->r->resp_final)
       hc_fail(hc, "upstream closed mid-response");
     else
@@ -537,15 +535,9 @@ static void hc_timer_cb(evutil_socket_t fd, short what, void *arg) {
 static struct mg_h1conn *hc_open(struct mg_h1pool *hp, char *why, size_t whylen) {
   struct mg_worker *w = mg_tp_pool_worker(hp->pool);
   struct mg_config *cfg = mg_tp_pool_cfg(hp->pool);
-  struct sockaddr_storage ss;
-  socklen_t sslen;
   int ms = cfg->upstream.connect_timeout_ms > 0 ? cfg->upstream.connect_timeout_ms : 2000;
   struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
   struct mg_h1conn *hc;
-  if (mg_tp_resolve(cfg->upstream.address, &ss, &sslen) < 0) {
-    snprintf(why, whylen, "%s: cannot resolve", cfg->upstream.address);
-    return NULL;
-  }
   hc = calloc(1, sizeof *hc);
   if (!hc) {
     snprintf(why, whylen, "out of memory");
@@ -568,9 +560,7 @@ static struct mg_h1conn *hc_open(struct mg_h1pool *hp, char *why, size_t whylen)
   bufferevent_setcb(hc->bev, hc_readcb, hc_writecb, hc_eventcb, hc);
   bufferevent_setwatermark(hc->bev, EV_WRITE, MG_TP_OUT_LOW, 0);
   bufferevent_setwatermark(hc->bev, EV_READ, 0, H1_READ_HIGH);
-  if (bufferevent_socket_connect(hc->bev, (struct sockaddr *)&ss, (int)sslen) < 0) {
-    int e = errno;
-    snprintf(why, whylen, "%s: %s", cfg->upstream.address, strerror(e ? e : ECONNREFUSED));
+  if (mg_tp_connect(w, hc->bev, cfg->upstream.address, why, whylen) < 0) {
     hc_destroy(hc);
     return NULL;
   }

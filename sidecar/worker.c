@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <event2/dns.h>
 #include <event2/thread.h>
 
 #include "certs/certs.h"
@@ -252,6 +253,8 @@ static void worker_free(struct mg_worker *w) {
     post_drain(-1, 0, w);
   if (w->pool)
     mg_tp_pool_free(w->pool);
+  if (w->dns)
+    evdns_base_free(w->dns, 1); /* pending lookups fail; their connections are gone */
   if (w->listener)
     evconnlistener_free(w->listener);
   while (w->free_reqs) {

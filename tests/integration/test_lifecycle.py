@@ -440,6 +440,46 @@ def test_upstream_slow_504_then_down_502(tmp_path):
         gw.close()
 
 
+def _localhost_first_family():
+    """The family of the first /etc/hosts line naming localhost (evdns reads it in order)."""
+    try:
+        with open("/etc/hosts") as f:
+            for line in f:
+                w = line.split("#", 1)[0].split()
+                if len(w) >= 2 and "localhost" in w[1:]:
+                    return socket.AF_INET6 if ":" in w[0] else socket.AF_INET
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.parametrize("protocol", ["h2c", "http1"])
+def test_upstream_by_host_name(tmp_path, protocol):
+    """An upstream named by a host name is looked up on the worker's loop (evdns, /etc/hosts
+    first: no packet leaves the machine), connected and used like a numeric one."""
+    if _localhost_first_family() != socket.AF_INET:
+        pytest.skip("/etc/hosts does not map localhost to 127.0.0.1 first")
+    named = tmp_path / "named"
+    named.mkdir()
+    up = mgtest.start_upstream(named, http1=protocol == "http1")
+    gw = None
+    try:
+        gw = Gateway(tmp_path, {"routes": ATTACK_ROUTES,
+                                "upstream": {"address": "localhost:%d" % up.port,
+                                             "protocol": protocol, "connect_timeout_ms": 2000}})
+        t = tag()
+        for k in range(3):
+            r = gw.get("/healthz/named-%s-%d" % (t, k))
+            assert r.status == 404, r  # the product's own answer, not meshgate's 502
+        with open(up.log_path) as f:
+            seen = [json.loads(line)["path"] for line in f if line.strip()]
+        assert sum(1 for p in seen if ("named-%s-" % t) in p) == 3, seen
+        assert gw.mg.alive()
+    finally:
+        if gw:
+            gw.close()
+        mgtest.stop(up)
+
 def _down_gateway(tmp_path):
     gw = Gateway(tmp_path, {"routes": ATTACK_ROUTES, "upstream": {"connect_timeout_ms": 500}})
     assert gw.get("/healthz/up-" + tag()).status == 404  # the product answers
