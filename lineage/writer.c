@@ -146,6 +146,7 @@ struct mg_lineage_writer {
   struct item_pool *pools;        /* under mu */
   int64_t last_release_us; /* release_mapped() */
   size_t released_len;      /* the log's used size at the last release */
+  int warned_pct;           /* check_usage(): the highest fill level already logged */
   void *map_base;           /* the LMDB map, found once */
   size_t map_len;
   struct mg_lineage_reader reader;
@@ -848,6 +849,35 @@ static void release_mapped(struct mg_lineage_writer *w) {
   (void)madvise(w->map_base, len, MADV_DONTNEED);
 }
 
+/* The map's size and the bytes its pages in use take (LMDB reads both from its meta page:
+ * no I/O, safe on any thread). */
+static void map_usage(struct mg_lineage_writer *w, uint64_t *map, uint64_t *used) {
+  MDB_envinfo info;
+  MDB_stat st;
+  *map = *used = 0;
+  if (mdb_env_info(w->log->env, &info) || mdb_env_stat(w->log->env, &st)) return;
+  *map = info.me_mapsize;
+  *used = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+}
+
+/* A warning when the log passes 80, 90 and 95 % of its map, once per level (again after a
+ * restart): a full map refuses every request, and an operator needs the time to act. */
+static void check_usage(struct mg_lineage_writer *w) {
+  static const int levels[] = {80, 90, 95};
+  uint64_t map, used;
+  map_usage(w, &map, &used);
+  if (!map) return;
+  int pct = (int)(used * 100 / map), lvl = 0;
+  for (size_t i = 0; i < MG_ARRAY_LEN(levels); i++)
+    if (pct >= levels[i]) lvl = levels[i];
+  if (lvl > w->warned_pct) {
+    w->warned_pct = lvl;
+    mg_warn("lineage log %s is %d%% full (%" PRIu64 " of %" PRIu64 " MB): at 100%% every "
+            "request is refused; raise lineage.map_size_mb (restart) or move to a new log",
+            w->origin, pct, used >> 20, map >> 20);
+  }
+}
+
 static void *writer_main(void *arg) {
   struct mg_lineage_writer *w = arg;
   pthread_mutex_lock(&w->mu);
@@ -899,7 +929,10 @@ static void *writer_main(void *arg) {
     bool defer = more && w->qurgent && !stop && !cpreq && w->durability == MG_LINEAGE_WRITE_AHEAD;
     int rc = run_group(w, list, cp_due || (cpreq && !more) || final, final, defer);
     if (!w->pend && !final) prealloc(w);
-    if (!final) release_mapped(w);
+    if (!final) {
+      release_mapped(w);
+      check_usage(w);
+    }
 
     pthread_mutex_lock(&w->mu);
     if (cpreq && !more) {
@@ -1170,6 +1203,7 @@ void mg_lineage_writer_stats(struct mg_lineage_writer *w, struct mg_lineage_stat
   out->queue_len = w->qlen;
   struct mg_shipper *sh = w->shipper;
   pthread_mutex_unlock(&w->mu);
+  map_usage(w, &out->map_bytes, &out->used_bytes);
   if (sh) {
     uint64_t acked = 0;
     bool conn = false;

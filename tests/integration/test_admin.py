@@ -438,6 +438,10 @@ def test_metrics(env):
               "meshgate_admin_requests_total"):
         assert n in names, n
     assert m[("meshgate_lineage_healthy", frozenset())] == 1
+    mapb = m[("meshgate_lineage_map_bytes", frozenset())]
+    used = m[("meshgate_lineage_used_bytes", frozenset())]
+    assert mapb == 64 << 20  # lineage.map_size_mb in mgtest.write_config
+    assert 0 < used < mapb
     buckets = sorted(((float(dict(k[1])["le"]), v) for k, v in m.items()
                       if k[0] == "meshgate_request_duration_seconds_bucket"))
     assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))

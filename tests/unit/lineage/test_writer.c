@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -404,6 +405,15 @@ static void test_map_full(void **state) {
   path[0] = '/';
   path[sizeof path - 1] = 0;
   int ok = 0, full = 0, n = 0;
+  struct mg_lineage_stats st0;
+  mg_lineage_writer_stats(w, &st0);
+  assert_int_equal(st0.map_bytes, 1u << 20);
+  assert_true(st0.used_bytes > 0 && st0.used_bytes < st0.map_bytes / 2);
+  /* the fill warnings (80, 90, 95 %) go to the log: capture it */
+  int lp[2];
+  assert_int_equal(pipe(lp), 0);
+  fcntl(lp[0], F_SETFL, O_NONBLOCK);
+  mg_log_set_fd(lp[1]);
   for (; n < NT * NM && full < 20; n++) {
     struct mg_lineage_access a;
     access_(&a, "0190d6b0-0000-7000-8000-00000000000c", "allow", "10.0.0.9:1");
@@ -417,10 +427,22 @@ static void test_map_full(void **state) {
       full++;
     }
   }
+  mg_log_set_fd(2);
+  close(lp[1]);
+  static char logbuf[65536];
+  ssize_t ln = read(lp[0], logbuf, sizeof logbuf - 1);
+  close(lp[0]);
+  logbuf[ln > 0 ? ln : 0] = 0;
+  const char *w80 = strstr(logbuf, "% full"), *w90 = w80 ? strstr(w80 + 1, "% full") : NULL;
+  assert_non_null(w80);
+  assert_non_null(w90);
+  assert_non_null(strstr(logbuf, "lineage.map_size_mb"));
   assert_true(full >= 20);
   assert_true(ok > 100);
   struct mg_lineage_stats st;
   mg_lineage_writer_stats(w, &st);
+  assert_true(st.used_bytes > st0.used_bytes && st.used_bytes <= st.map_bytes);
+  assert_true(st.used_bytes * 10 >= st.map_bytes * 8);
   assert_false(st.healthy);
   assert_int_equal(st.last_error, MG_LINEAGE_E_FULL);
   assert_int_equal(st.size, ok);
