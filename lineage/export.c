@@ -54,35 +54,26 @@ static int put(FILE *out, const void *p, size_t n) {
   return 0;
 }
 
-/* The entry's time: keys are sorted and string values escape every quote, so the raw
- * bytes "time":" occur once, as the key. */
-static int entry_time(const char *line, size_t len, int64_t *t) {
-  static const char k[] = "\"time\":\"";
-  const char *p = memmem(line, len, k, sizeof k - 1);
-  if (!p) return MG_LINEAGE_E_FORMAT;
-  p += sizeof k - 1;
-  const char *e = memchr(p, '"', len - (size_t)(p - line));
-  if (!e) return MG_LINEAGE_E_FORMAT;
-  return mg_time_parse_rfc3339(p, (size_t)(e - p), t);
-}
-
-/* First index in [0, n) whose time >= since (times never decrease). */
+/* First index in [pruned, n) whose time >= since (times never decrease): an export of a
+ * pruned log starts where its entries do, with the prefix frontier (kept by pruning). */
 static int first_since(struct mg_lineage_log *log, int64_t since, uint64_t n, uint64_t *out) {
-  uint64_t lo = 0, hi = n;
-  if (since == INT64_MIN || n == 0) {
-    *out = 0;
-    return 0;
-  }
   MDB_txn *txn;
   int rc = mg_lineage_log_txn(log, false, &txn);
   if (rc) return mg_lineage_log_err(rc);
+  uint64_t lo = mg_lineage_log_pruned_txn(log, txn), hi = n;
+  if (lo > n) lo = n;
+  if (since == INT64_MIN || lo == n) {
+    mdb_txn_abort(txn);
+    *out = lo;
+    return 0;
+  }
   while (lo < hi) {
     uint64_t mid = lo + (hi - lo) / 2;
     const char *line;
     size_t len;
     int64_t t;
     if ((rc = mg_lineage_log_entry_txn(log, txn, mid, &line, &len)) ||
-        (rc = entry_time(line, len, &t)))
+        (rc = mg_lineage_entry_time(line, len, &t)))
       break;
     if (t < since) lo = mid + 1;
     else hi = mid;

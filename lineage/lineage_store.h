@@ -92,6 +92,11 @@ int mg_lineage_log_put_node(void *ctx, unsigned level, uint64_t index,
                             const uint8_t hash[MG_HASH_LEN]);
 /* Size (last entry's key + 1) within txn. */
 int mg_lineage_log_size_txn(struct mg_lineage_log *log, MDB_txn *txn, uint64_t *size);
+/* Entries below this index were pruned (lineage.nats.retention_s): 0 when none were. */
+uint64_t mg_lineage_log_pruned_txn(struct mg_lineage_log *log, MDB_txn *txn);
+/* An entry line's "time" (keys are sorted and string values escape every quote, so the raw
+ * bytes "time":" occur once, as the key): no JSON parse. */
+int mg_lineage_entry_time(const char *line, size_t len, int64_t *t);
 /* Entry `index` within txn (pointer valid until txn ends). */
 int mg_lineage_log_entry_txn(struct mg_lineage_log *log, MDB_txn *txn, uint64_t index,
                              const char **line, size_t *len);

@@ -273,6 +273,21 @@ int mg_lineage_log_entry_txn(struct mg_lineage_log *log, MDB_txn *txn, uint64_t 
   return 0;
 }
 
+uint64_t mg_lineage_log_pruned_txn(struct mg_lineage_log *log, MDB_txn *txn) {
+  uint64_t v = 0;
+  return mg_lineage_log_meta_get_u64(log, txn, "pruned", &v) == 0 ? v : 0;
+}
+
+int mg_lineage_entry_time(const char *line, size_t len, int64_t *t) {
+  static const char k[] = "\"time\":\"";
+  const char *p = memmem(line, len, k, sizeof k - 1);
+  if (!p) return MG_LINEAGE_E_FORMAT;
+  p += sizeof k - 1;
+  const char *e = memchr(p, '"', len - (size_t)(p - line));
+  if (!e) return MG_LINEAGE_E_FORMAT;
+  return mg_time_parse_rfc3339(p, (size_t)(e - p), t);
+}
+
 uint64_t mg_lineage_log_size(struct mg_lineage_log *log) {
   MDB_txn *txn;
   uint64_t size = 0;

@@ -147,6 +147,8 @@ struct mg_lineage_writer {
   int64_t last_release_us; /* release_mapped() */
   size_t released_len;      /* the log's used size at the last release */
   int warned_pct;           /* check_usage(): the highest fill level already logged */
+  int64_t retention_us;     /* prune(): 0 = never */
+  uint64_t pruned;          /* entries below this index are gone (meta "pruned") */
   void *map_base;           /* the LMDB map, found once */
   size_t map_len;
   struct mg_lineage_reader reader;
@@ -620,6 +622,78 @@ static int flush_now(struct mg_lineage_writer *w) {
  * when want_cp or due. With `defer` (another group follows at once) the group is
  * acknowledged after the next commit's flush, else after its own. Takes the list. Returns
  * the commit's status (0 when nothing was to be done). */
+/* ---- pruning (lineage.nats.retention_s) ------------------------------------------- */
+
+/* Is the subtree of `level` ending at leaf `last` one of the perfect subtrees that make up
+ * the first p leaves (p's frontier)? Those are the only hashes below p that any later
+ * frontier or proof needs: a proof for a leaf i >= p uses, left of p, exactly the siblings
+ * on i's path that lie wholly before p, and each of them is such a subtree. */
+static bool in_frontier(uint64_t p, uint64_t last, unsigned level) {
+  if (level > 63 || !((p >> level) & 1)) return false;
+  uint64_t start = last + 1 - ((uint64_t)1 << level);
+  uint64_t base = level >= 63 ? 0 : (p >> (level + 1)) << (level + 1);
+  return start == base;
+}
+
+/* In the group's transaction: deletes entries from *pruned on while they are below limit
+ * (acknowledged by JetStream, and never the newest entry) and older than cutoff, at most
+ * budget of them, then every subtree hash ending before the new start except its
+ * frontier, and records meta "pruned". Deletion follows a re-positioned cursor (SET_RANGE)
+ * rather than relying on a cursor's position after a delete. */
+static int prune(struct mg_lineage_writer *w, MDB_txn *txn, uint64_t limit, int64_t cutoff,
+                 size_t budget, uint64_t *pruned) {
+  uint64_t p = *pruned;
+  uint8_t kb[9];
+  MDB_cursor *c = NULL;
+  MDB_val k, v;
+  int mrc;
+  if (p >= limit) return 0;
+  if ((mrc = mdb_cursor_open(txn, w->log->entries, &c))) return mg_lineage_log_err(mrc);
+  while (p < limit && budget-- > 0) {
+    mg_be64(p, kb);
+    k.mv_size = 8;
+    k.mv_data = kb;
+    if ((mrc = mdb_cursor_get(c, &k, &v, MDB_SET_KEY))) break;
+    int64_t t;
+    if (mg_lineage_entry_time(v.mv_data, v.mv_size, &t) || t >= cutoff) break;
+    if ((mrc = mdb_cursor_del(c, 0))) break;
+    p++;
+  }
+  mdb_cursor_close(c);
+  if (mrc == MDB_NOTFOUND) {
+    /* an entry missing below the size: not ours to fix here, and no reason to stop
+     * recording; stop pruning (the next start tries again) */
+    mg_error("lineage: entry %" PRIu64 " is missing from the log: pruning stopped", p);
+    w->retention_us = 0;
+    mrc = 0;
+  }
+  if (mrc) return mg_lineage_log_err(mrc);
+  if (p == *pruned) return 0;
+  if ((mrc = mdb_cursor_open(txn, w->log->nodes, &c))) return mg_lineage_log_err(mrc);
+  memset(kb, 0, sizeof kb);
+  for (;;) {
+    k.mv_size = 9;
+    k.mv_data = kb;
+    if ((mrc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE))) break;
+    if (k.mv_size != 9) {
+      mrc = MDB_CORRUPTED;
+      break;
+    }
+    uint64_t last = mg_get_be64(k.mv_data);
+    unsigned level = ((const uint8_t *)k.mv_data)[8];
+    if (last >= p) break;
+    memcpy(kb, k.mv_data, 9);
+    if (!in_frontier(p, last, level) && (mrc = mdb_cursor_del(c, 0))) break;
+    /* the next key after (last, level) */
+    if (++kb[8] == 0) mg_be64(last + 1, kb);
+  }
+  mdb_cursor_close(c);
+  if (mrc && mrc != MDB_NOTFOUND) return mg_lineage_log_err(mrc);
+  int rc = mg_lineage_log_meta_put_u64(w->log, txn, "pruned", p);
+  if (!rc) *pruned = p;
+  return rc;
+}
+
 static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_cp, bool all_sums,
                      bool defer) {
   int64_t mono = mg_mono_now_us(), now = mg_time_now_us();
@@ -695,6 +769,13 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
   if (ship > w->shipped_stored &&
       (rc = mg_lineage_log_meta_put_u64(w->log, txn, "shipped", ship)))
     goto abort;
+  /* retention: twice the group's own entries per group, so a backlog of old entries (an
+   * outage of NATS) is worked off while the log keeps growing */
+  uint64_t pruned = w->pruned;
+  if (w->retention_us > 0 && fr.size > 0 &&
+      (rc = prune(w, txn, MG_MIN(ship, fr.size - 1), now - w->retention_us, 2 * nwrite + 256,
+                  &pruned)))
+    goto abort;
   if (cp && ((rc = sign(w, &fr, &note)) || (rc = put_checkpoint(w, txn, fr.size, note))))
     goto abort;
   int64_t c0 = mg_mono_now_us();
@@ -710,6 +791,7 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
 
   /* committed */
   w->fr = fr;
+  w->pruned = pruned;
   if (nwrite) w->last_time_us = t;
   if (ship > w->shipped_stored) w->shipped_stored = ship;
   if (cp) {
@@ -984,6 +1066,7 @@ static int recover(struct mg_lineage_writer *w) {
   if (mg_lineage_log_meta_get_u64(w->log, txn, "last_time_us", &v) == 0 &&
       (int64_t)v > w->last_time_us)
     w->last_time_us = (int64_t)v;
+  w->pruned = mg_lineage_log_pruned_txn(w->log, txn);
   if (mg_lineage_log_meta_get_u64(w->log, txn, "shipped", &v) == 0) {
     w->shipped_stored = v;
     atomic_store(&w->ship_ack, v);
@@ -1045,6 +1128,7 @@ int mg_lineage_writer_open(const struct mg_lineage_config *cfg, struct mg_lineag
   w->durability = cfg->durability;
   w->every_us = (int64_t)(cfg->checkpoint_every_ms > 0 ? cfg->checkpoint_every_ms : DEFAULT_EVERY_MS) * 1000;
   w->deny_per_s = cfg->deny_entries_per_s;
+  w->retention_us = cfg->retention_s > 0 ? cfg->retention_s * 1000000 : 0;
   w->lag_us = MG_MIN(w->every_us, w->durability == MG_LINEAGE_WRITE_AHEAD ? (int64_t)WA_LAG_US
                                                                            : (int64_t)ASYNC_LAG_US);
   /* async trades latency for throughput: bigger groups, fewer fsyncs */

@@ -70,6 +70,7 @@ struct mg_config_nats {
   int replicas;
   char *creds;
   char *tls_ca;              /* "tls": {"ca": …} or NULL */
+  int retention_s;           /* prune acknowledged local entries older than this; 0 = never */
 };
 
 struct mg_config_claim {     /* {"scope": "mesh:admin"} */

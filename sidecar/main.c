@@ -415,6 +415,7 @@ static int cmd_serve(int argc, char **argv) {
     .old_signing_keys = (const char *const *)cfg->old_signing_keys, .nold_signing_keys = cfg->nold_signing_keys,
     .origin = cfg->origin, .durability = (enum mg_lineage_durability)cfg->durability,
     .checkpoint_every_ms = cfg->checkpoint_every_ms, .deny_entries_per_s = cfg->deny_entries_per_s,
+    .retention_s = cfg->nats ? cfg->nats->retention_s : 0,
   };
   if ((rv = mg_mkdir_p(cfg->lineage_db, 0700)) || (rv = mg_lineage_writer_open(&lc, &app.lineage))) {
     die("lineage log %s: %s", cfg->lineage_db, mg_strerror(rv));

@@ -50,7 +50,7 @@ def cluster():
 class Sidecar:
     """A meshgate with lineage.nats pointing at the cluster, and its upstream."""
 
-    def __init__(self, d, cluster, stream, subject, origin):
+    def __init__(self, d, cluster, stream, subject, origin, retention_s=None):
         self.dir = str(d)
         os.makedirs(self.dir, exist_ok=True)
         self.cluster, self.stream, self.subject, self.origin = cluster, stream, subject, origin
@@ -61,8 +61,9 @@ class Sidecar:
             "routes": [{"prefix": "/datasets/", "dataset": "segment:2", "auth": "none"},
                        {"prefix": "/healthz", "auth": "none"}],
             "lineage": {"origin": origin, "checkpoint_every_ms": 200,
-                        "nats": {"servers": cluster.urls, "stream": stream,
-                                 "subject": subject, "replicas": 3}},
+                        "nats": dict({"servers": cluster.urls, "stream": stream,
+                                      "subject": subject, "replicas": 3},
+                                     **({"retention_s": retention_s} if retention_s else {}))},
         })
         self.vkey = os.path.join(self.dir, "keys", "lineage.vkey")
         self.mg = None
@@ -328,3 +329,45 @@ def test_two_sidecars_one_stream(cluster, tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_retention_prunes_acknowledged_entries(cluster, tmp_path):
+    """lineage.nats.retention_s: entries the stream acknowledged and older than the retention
+    leave the local log; the local export starts at the pruned point with the prefix frontier
+    and verifies; the stream keeps every entry from 0 and its export verifies."""
+    sc = Sidecar(tmp_path / "ret", cluster, "REPL7", "lineage.r7", "test.example/orders/ret",
+                 retention_s=1)
+    try:
+        sc.start()
+        ok, failed, _ = load(sc, 500)
+        assert failed == 0 and ok == 500
+        sc.wait_backlog_zero()
+        time.sleep(1.5)  # the first 1,000 entries are now acknowledged and older than 1 s
+        ok, failed, _ = load(sc, 100, conns=1, streams=1)  # groups that prune as they commit
+        assert failed == 0 and ok == 100
+        sc.wait_backlog_zero()
+        sc.stop()
+        local = sc.local_export()
+        first = json.loads(local.splitlines()[0])
+        assert "prefix" in first, local[:300]
+        pruned = first["prefix"]["size"]
+        assert pruned >= 900, pruned
+        lpath = os.path.join(str(tmp_path), "local.ndjson")
+        with open(lpath, "wb") as f:
+            f.write(local)
+        rc, err = verify(lpath, [sc.vkey])
+        assert rc == 0, err
+        exp = nats_export(cluster, "REPL7", sc.origin)
+        npath = os.path.join(str(tmp_path), "nats.ndjson")
+        with open(npath, "wb") as f:
+            f.write(exp)
+        rc, err = verify(npath, [sc.vkey])
+        assert rc == 0, err
+        stream_lines = entry_lines(exp)
+        idx = [json.loads(l)["index"] for l in stream_lines]
+        assert idx == list(range(len(idx))) and len(idx) >= 1200, len(idx)
+        local_lines = entry_lines(local)
+        assert local_lines == stream_lines[pruned:pruned + len(local_lines)]
+        assert pruned + len(local_lines) <= len(stream_lines)
+    finally:
+        sc.close()
