@@ -133,6 +133,8 @@ int mg_lineage_log_read(struct mg_lineage_log *log, uint64_t from, uint64_t max,
 int mg_lineage_log_checkpoint(struct mg_lineage_log *log, uint64_t max_size, char **note,
                               uint64_t *size);
 uint64_t mg_lineage_log_size(struct mg_lineage_log *log);
+/* Entries below this index were pruned by retention (0: none). */
+uint64_t mg_lineage_log_pruned(struct mg_lineage_log *log);
 
 /* ---- shipper.c: JetStream replication (SPEC "Replication") --------------------- */
 

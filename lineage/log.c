@@ -278,6 +278,14 @@ uint64_t mg_lineage_log_pruned_txn(struct mg_lineage_log *log, MDB_txn *txn) {
   return mg_lineage_log_meta_get_u64(log, txn, "pruned", &v) == 0 ? v : 0;
 }
 
+uint64_t mg_lineage_log_pruned(struct mg_lineage_log *log) {
+  MDB_txn *txn;
+  if (mg_lineage_log_txn(log, false, &txn)) return 0;
+  uint64_t v = mg_lineage_log_pruned_txn(log, txn);
+  mdb_txn_abort(txn);
+  return v;
+}
+
 int mg_lineage_entry_time(const char *line, size_t len, int64_t *t) {
   static const char k[] = "\"time\":\"";
   const char *p = memmem(line, len, k, sizeof k - 1);

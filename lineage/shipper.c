@@ -714,6 +714,19 @@ static int fill_hole(struct mg_shipper *s, uint64_t first, uint64_t last, uint64
   struct mg_buf body;
   int rc = 0;
   mg_buf_init(&body);
+  uint64_t pruned = mg_lineage_log_pruned(s->log);
+  if (first < pruned) {
+    /* gone from both copies: say so loudly, and keep shipping the rest */
+    uint64_t lost = MG_MIN(last, pruned - 1);
+    mg_error("lineage nats: stream %s lacks entries %" PRIu64 "-%" PRIu64 " of %s, which "
+             "retention already pruned from the local log: they cannot be re-sent",
+             s->stream, first, lost, s->origin);
+    if (lost == last) {
+      mg_buf_clear(&body);
+      return 0;
+    }
+    first = pruned;
+  }
   mg_warn("lineage nats: stream lacks entries %" PRIu64 "-%" PRIu64 " of %s: re-sending", first,
           last, s->origin);
   while (first <= last && !rc) {

@@ -120,6 +120,7 @@ struct tlog {
   pthread_cond_t cv;
   uint64_t pending;
   int failed;
+  int64_t retention_s; /* writer_open: lineage retention (0: none) */
 };
 
 static void writer_open(struct tlog *t) {
@@ -129,7 +130,8 @@ static void writer_open(struct tlog *t) {
   assert_int_equal(mg_mkdir_p(db, 0700), 0);
   struct mg_lineage_config cfg = {.db = db, .map_size_mb = 64, .signing_key = key,
                                   .origin = t->origin, .durability = MG_LINEAGE_WRITE_AHEAD,
-                                  .checkpoint_every_ms = 3600000, .deny_entries_per_s = 100};
+                                  .checkpoint_every_ms = 3600000, .deny_entries_per_s = 100,
+                                  .retention_s = t->retention_s};
   int rc = mg_lineage_writer_open(&cfg, &t->w);
   if (rc)
     fail_msg("mg_lineage_writer_open: %s", mg_strerror(rc));
@@ -371,8 +373,9 @@ static size_t stream_entry_count(const char *stream, const char *subject, const 
   return n;
 }
 
-static void assert_stream_exact(const char *stream, const char *subject, const char *origin,
-                                uint64_t n, bool in_order, struct seen *out) {
+/* The stream holds exactly the indexes [from, n) of origin, each once. */
+static void assert_stream_range(const char *stream, const char *subject, const char *origin,
+                                uint64_t from, uint64_t n, bool in_order, struct seen *out) {
   natsConnection *nc = NULL;
   jsCtx *js = js_open(&nc);
   struct mg_buf subj;
@@ -387,15 +390,15 @@ static void assert_stream_exact(const char *stream, const char *subject, const c
   jsStreamInfo_Destroy(si);
   uint8_t *hit = calloc(n ? n : 1, 1);
   for (size_t i = 0; i < s.n; i++) {
-    if (s.idx[i] >= n)
-      fail_msg("stream holds index %" PRIu64 " beyond %" PRIu64, s.idx[i], n);
+    if (s.idx[i] >= n || s.idx[i] < from)
+      fail_msg("stream holds index %" PRIu64 " outside %" PRIu64 "-%" PRIu64, s.idx[i], from, n);
     if (hit[s.idx[i]])
       fail_msg("stream holds index %" PRIu64 " twice", s.idx[i]);
     hit[s.idx[i]] = 1;
-    if (in_order && s.idx[i] != i)
+    if (in_order && s.idx[i] != from + i)
       fail_msg("stream order: position %zu holds index %" PRIu64, i, s.idx[i]);
   }
-  assert_int_equal(s.n, n);
+  assert_int_equal(s.n, n - from);
   free(hit);
   free(s.idx);
   s.idx = NULL;
@@ -404,6 +407,11 @@ static void assert_stream_exact(const char *stream, const char *subject, const c
   mg_buf_clear(&subj);
   jsCtx_Destroy(js);
   natsConnection_Destroy(nc);
+}
+
+static void assert_stream_exact(const char *stream, const char *subject, const char *origin,
+                                uint64_t n, bool in_order, struct seen *out) {
+  assert_stream_range(stream, subject, origin, 0, n, in_order, out);
 }
 
 static char *export_to_string(const char *stream, const char *origin, int *rc) {
@@ -592,15 +600,13 @@ static void test_stream_checks(void **st) {
 /* A message lost in flight while the next one was stored (what a leader change or a
  * dropped connection can do): the stream holds [5,9] with a resume base of 0. The shipper
  * must re-send [0,4] once, then continue at 10, and the export must be in index order. */
-static void test_hole_repair(void **st) {
-  (void)st;
+/* Makes `stream` (a shipper of another origin creates it) and publishes t's entries 5..9 as
+ * one message whose base says nothing was acknowledged before: the stream lacks 0..4. */
+static void publish_5_to_9(struct tlog *t, const char *stream, const char *subject) {
   struct acks a;
-  struct tlog *t = tlog_open("lineage.example/holes");
-  tlog_append(t, 20);
   {
-    /* the stream, as a shipper creates it, holding another origin */
     struct tlog *o = tlog_open("lineage.example/other");
-    struct mg_shipper *s0 = ship(o, "LIN3", "lin.three", &a);
+    struct mg_shipper *s0 = ship(o, stream, subject, &a);
     tlog_append(o, 2);
     assert_true(wait_acked(s0, 2, 20000));
     tlog_close(o);
@@ -610,7 +616,7 @@ static void test_hole_repair(void **st) {
   struct mg_buf subj, body;
   mg_buf_init(&subj);
   mg_buf_init(&body);
-  mg_buf_appendf(&subj, "lin.three.");
+  mg_buf_appendf(&subj, "%s.", subject);
   mg_shipper_token_encode(t->origin, &subj);
   for (int i = 5; i <= 9; i++) {
     char *l = tlog_line(t, (uint64_t)i);
@@ -628,6 +634,18 @@ static void test_hole_repair(void **st) {
   assert_int_equal(js_PublishMsg(&pa, js, m, NULL, NULL), NATS_OK);
   jsPubAck_Destroy(pa);
   natsMsg_Destroy(m);
+  mg_buf_clear(&subj);
+  mg_buf_clear(&body);
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+}
+
+static void test_hole_repair(void **st) {
+  (void)st;
+  struct acks a;
+  struct tlog *t = tlog_open("lineage.example/holes");
+  tlog_append(t, 20);
+  publish_5_to_9(t, "LIN3", "lin.three");
 
   struct mg_shipper *s = ship(t, "LIN3", "lin.three", &a);
   assert_int_equal(tlog_checkpoint(t), 20);
@@ -651,10 +669,27 @@ static void test_hole_repair(void **st) {
   }
   assert_int_equal(k, 20);
   free(ex);
-  mg_buf_clear(&subj);
-  mg_buf_clear(&body);
-  jsCtx_Destroy(js);
-  natsConnection_Destroy(nc);
+  tlog_close(t);
+}
+
+/* A hole the stream has below what retention already pruned from the local log cannot be
+ * re-sent: the shipper names it in an error and ships everything after it. */
+static void test_hole_below_pruned(void **st) {
+  (void)st;
+  struct acks a;
+  struct tlog *t = tlog_open("lineage.example/pruned-hole");
+  t->retention_s = 1;
+  tlog_reopen(t);
+  tlog_append(t, 20);
+  mg_lineage_writer_ack(t->w, 5); /* as if a stream had acknowledged 0..4 */
+  usleep(1100000);
+  tlog_append(t, 2); /* this group prunes 0..4 */
+  assert_int_equal(mg_lineage_log_pruned(t->log), 5);
+  publish_5_to_9(t, "LIN10", "lin.ten"); /* 0..4 "lost" after their acknowledgement */
+  struct mg_shipper *s = ship(t, "LIN10", "lin.ten", &a);
+  assert_true(wait_acked(s, 22, 20000));
+  tlog_reopen(t);
+  assert_stream_range("LIN10", "lin.ten", t->origin, 5, 22, false, NULL);
   tlog_close(t);
 }
 
@@ -1018,6 +1053,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_foreign),
       cmocka_unit_test(test_stream_checks),
       cmocka_unit_test(test_hole_repair),
+      cmocka_unit_test(test_hole_below_pruned),
       cmocka_unit_test(test_unreachable_at_start),
       cmocka_unit_test(test_two_origins_export),
       cmocka_unit_test(test_shared_stream),
