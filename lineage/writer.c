@@ -15,9 +15,8 @@
  * to be forwarded, a policy edit) is queued; while one flush runs the next group forms by
  * itself. Entries nobody waits for (outcomes, refused requests) join the next such group,
  * or are committed WA_LAG_US after they were queued: a lone outcome never costs a commit
- * (two flushes) that the next forwarded request would queue behind. async: it commits when
- * a group is full, when an entry has a waiter (policy edits), or ASYNC_LAG_US (at most
- * checkpoint_every_ms) after the first queued entry.
+ * (two flushes) that the next forwarded request would queue behind. async: it commits when a group is full, when an entry has a
+ * waiter (policy edits), or checkpoint_every_ms after the first queued entry.
  *
  * One flush per commit, not two. A plain LMDB commit flushes twice: the data pages
  * (fdatasync), then the meta page (an O_DSYNC write). The writer runs the environment with
@@ -70,12 +69,6 @@
 /* write-ahead: how long an entry nobody waits for (outcome, refused request) may wait for
  * an access entry to ride along with before it is committed on its own */
 #define WA_LAG_US 20000
-/* async: how long an entry may wait for its group to fill before it is committed anyway.
- * The SPEC allows checkpoint_every_ms (a crash may lose that much); committing every
- * 50 ms loses less and spreads the writer's work: one commit of a second's entries was a
- * burst of CPU on cores the workers share, visible in their p99 latency. Under load the
- * groups fill (DEFAULT_GROUP_ASYNC) first anyway. */
-#define ASYNC_LAG_US 50000
 /* zero-filled room kept past the log's last page (refilled when half is used) */
 #define PREALLOC_BYTES (4u << 20)
 #define BUCKETS 1024
@@ -1129,8 +1122,8 @@ int mg_lineage_writer_open(const struct mg_lineage_config *cfg, struct mg_lineag
   w->every_us = (int64_t)(cfg->checkpoint_every_ms > 0 ? cfg->checkpoint_every_ms : DEFAULT_EVERY_MS) * 1000;
   w->deny_per_s = cfg->deny_entries_per_s;
   w->retention_us = cfg->retention_s > 0 ? cfg->retention_s * 1000000 : 0;
-  w->lag_us = MG_MIN(w->every_us, w->durability == MG_LINEAGE_WRITE_AHEAD ? (int64_t)WA_LAG_US
-                                                                           : (int64_t)ASYNC_LAG_US);
+  w->lag_us = w->durability == MG_LINEAGE_WRITE_AHEAD ? MG_MIN(w->every_us, (int64_t)WA_LAG_US)
+                                                      : w->every_us;
   /* async trades latency for throughput: bigger groups, fewer fsyncs */
   w->max_group = cfg->max_group ? cfg->max_group
                  : cfg->durability == MG_LINEAGE_ASYNC ? DEFAULT_GROUP_ASYNC : DEFAULT_GROUP;
