@@ -61,7 +61,6 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
-#include <jansson.h>
 
 #define DEFAULT_GROUP 1024
 #define DEFAULT_GROUP_ASYNC 8192
@@ -1027,16 +1026,6 @@ static void *writer_main(void *arg) {
 
 /* ---- open / close ------------------------------------------------------------------- */
 
-static int last_time(const char *line, size_t len, int64_t *out) {
-  json_t *j = json_loadb(line, len, 0, NULL);
-  json_t *t = j ? json_object_get(j, "time") : NULL;
-  int rc = MG_LINEAGE_E_FORMAT;
-  if (json_is_string(t))
-    rc = mg_time_parse_rfc3339(json_string_value(t), json_string_length(t), out);
-  json_decref(j);
-  return rc;
-}
-
 static int recover(struct mg_lineage_writer *w) {
   MDB_txn *txn;
   char *s = NULL;
@@ -1054,7 +1043,7 @@ static int recover(struct mg_lineage_writer *w) {
     size_t len;
     int64_t t = 0;
     if ((rc = mg_lineage_log_entry_txn(w->log, txn, size - 1, &line, &len))) goto abort;
-    if (last_time(line, len, &t) == 0) w->last_time_us = t;
+    if (mg_lineage_entry_time(line, len, &t) == 0) w->last_time_us = t;
   }
   if (mg_lineage_log_meta_get_u64(w->log, txn, "last_time_us", &v) == 0 &&
       (int64_t)v > w->last_time_us)
