@@ -610,10 +610,6 @@ static int flush_now(struct mg_lineage_writer *w) {
 
 /* ---- one group -------------------------------------------------------------------- */
 
-/* Writes the items of `list` (and due summaries) in one transaction, signing a checkpoint
- * when want_cp or due. With `defer` (another group follows at once) the group is
- * acknowledged after the next commit's flush, else after its own. Takes the list. Returns
- * the commit's status (0 when nothing was to be done). */
 /* ---- pruning (lineage.nats.retention_s) ------------------------------------------- */
 
 /* Is the subtree of `level` ending at leaf `last` one of the perfect subtrees that make up
@@ -686,6 +682,10 @@ static int prune(struct mg_lineage_writer *w, MDB_txn *txn, uint64_t limit, int6
   return rc;
 }
 
+/* Writes the items of `list` (and due summaries) in one transaction, signing a checkpoint
+ * when want_cp or due. With `defer` (another group follows at once) the group is
+ * acknowledged after the next commit's flush, else after its own. Takes the list. Returns
+ * the commit's status (0 when nothing was to be done). */
 static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_cp, bool all_sums,
                      bool defer) {
   int64_t mono = mg_mono_now_us(), now = mg_time_now_us();

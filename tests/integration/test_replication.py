@@ -73,16 +73,18 @@ class Sidecar:
         mgtest.wait_ready(self.mg, timeout=30)
         return self
 
-    def stop(self, sig=signal.SIGTERM):
+    def stop(self, sig=signal.SIGTERM, check=True):
         if self.mg and self.mg.alive():
             if sig == signal.SIGKILL:
                 self.mg.proc.kill()
                 self.mg.proc.wait(10)
             else:
-                mgtest.stop(self.mg, timeout=30)
+                rc = mgtest.stop(self.mg, timeout=30)
+                assert rc == 0 or not check, "meshgate exited %s on SIGTERM:\n%s" % (
+                    rc, mgtest.log_text(self.mg)[-3000:])
 
     def close(self):
-        self.stop()
+        self.stop(check=False)
         mgtest.stop(self.up)
 
     def readyz(self):
@@ -167,6 +169,8 @@ def check_stream(cluster, stream, origin, local_lines):
     dups = len(idx) - len(set(idx))
     assert dups == 0, "%d entries of %s are in the stream twice" % (dups, origin)
     assert sorted(idx) == list(range(len(idx))), "gap in the stream for %s" % origin
+    assert len(idx) <= len(local_lines), \
+        "the stream holds %d entries, the local export only %d" % (len(idx), len(local_lines))
     for i, l in zip(idx, lines):
         assert l == local_lines[i], "entry %d differs from the local log" % i
     return len(idx)
