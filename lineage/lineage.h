@@ -188,6 +188,8 @@ struct mg_lineage_stats {
   uint64_t commits, fsync_us_total, entries_total, summaries_total;
   uint64_t shipped;          /* entries acknowledged by JetStream (0 without NATS) */
   uint64_t backlog;          /* size - shipped, with NATS */
+  uint64_t verified;         /* entries read back from the stream (pruning stays below) */
+  uint64_t unverified;       /* shipped - verified */
   uint64_t map_bytes;        /* the LMDB map (lineage.map_size_mb) */
   uint64_t used_bytes;       /* pages in use: at map_bytes the log is full and fails closed */
   bool healthy;              /* false after a failed commit until one succeeds */

@@ -147,22 +147,27 @@ struct mg_shipper_config {
   const char *creds, *tls_ca;
   const char *origin;
 };
-/* Called on the shipper thread when the stream has acknowledged every entry < upto; the
- * writer stores it in its next group commit (meta "shipped"). */
-typedef void (*mg_shipper_ack_cb)(void *arg, uint64_t upto);
+/* Called on the shipper thread when every entry < upto was read back from the stream (the
+ * audit, shipper.c), and every message of ours holding an entry >= upto lies above stream
+ * sequence `seq`; the writer stores both in its next group commit (meta "shipped",
+ * "shipped_seq") and prunes only below upto. */
+typedef void (*mg_shipper_ack_cb)(void *arg, uint64_t upto, uint64_t seq);
 
 /* Connects (bounded wait), creates or checks the stream, reads the subject's last message
  * and resumes after it. Refuses (MG_LINEAGE_E_FOREIGN) if the stream holds a higher index
  * for this origin than log_size. An unreachable NATS at start is not an error: the shipper
- * keeps retrying in its thread and the backlog grows. `shipped` is the stored acked index. */
+ * keeps retrying in its thread and the backlog grows. `shipped`, `shipped_seq` are what the
+ * last on_ack said (0, 0: nothing read back yet). */
 int mg_shipper_start(const struct mg_shipper_config *cfg, struct mg_lineage_log *log,
-                     uint64_t shipped, mg_shipper_ack_cb on_ack, void *ack_arg,
-                     struct mg_shipper **out);
+                     uint64_t shipped, uint64_t shipped_seq, mg_shipper_ack_cb on_ack,
+                     void *ack_arg, struct mg_shipper **out);
 /* The writer committed entries [first, last] as one group (one message). */
 void mg_shipper_notify_group(struct mg_shipper *s, uint64_t first, uint64_t last);
 /* A new checkpoint note of `size` entries was stored. */
 void mg_shipper_notify_checkpoint(struct mg_shipper *s, uint64_t size, const char *note);
-void mg_shipper_stats(struct mg_shipper *s, uint64_t *acked, bool *connected);
+/* acked: every entry below it was acknowledged; verified: ... and read back (V). */
+void mg_shipper_stats(struct mg_shipper *s, uint64_t *acked, uint64_t *verified,
+                      bool *connected);
 /* Flushes what it can within timeout_ms, then stops. */
 void mg_shipper_stop(struct mg_shipper *s, int timeout_ms);
 
@@ -171,13 +176,14 @@ void mg_shipper_stop(struct mg_shipper *s, int timeout_ms);
 struct mg_lineage_writer;
 /* The writer's log (for mg_shipper_start); valid until mg_lineage_writer_close. */
 struct mg_lineage_log *mg_lineage_writer_log(struct mg_lineage_writer *w);
-/* The acknowledged index stored in meta "shipped" (for mg_shipper_start). */
-uint64_t mg_lineage_writer_shipped(struct mg_lineage_writer *w);
+/* The read-back index and sequence stored in meta "shipped", "shipped_seq" (for
+ * mg_shipper_start); seq may be NULL. */
+uint64_t mg_lineage_writer_shipped(struct mg_lineage_writer *w, uint64_t *seq);
 /* Attaches a started shipper: after each commit the writer calls mg_shipper_notify_group
  * (entries [first, last] of the group) and mg_shipper_notify_checkpoint; stats report its
  * acked index and connection. Takes ownership: mg_lineage_writer_close stops it
  * (mg_shipper_stop, 5 s) after the final checkpoint and before closing the log. */
 void mg_lineage_writer_attach_shipper(struct mg_lineage_writer *w, struct mg_shipper *s);
-/* An mg_shipper_ack_cb (arg = the writer): records `upto` in meta "shipped" with the next
- * commit. Any thread. */
-void mg_lineage_writer_ack(void *arg, uint64_t upto);
+/* An mg_shipper_ack_cb (arg = the writer): records `upto` and `seq` in meta "shipped",
+ * "shipped_seq" with the next commit (pruning stays below upto). Any thread. */
+void mg_lineage_writer_ack(void *arg, uint64_t upto, uint64_t seq);

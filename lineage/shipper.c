@@ -33,8 +33,21 @@
  * window) covers exact retries only.
  *
  * Acks. The pub-ack handler (a libnats thread) only marks the in-flight record; the
- * shipper thread advances P contiguously and calls on_ack(P). A duplicate ack means the
- * identical range is stored (Msg-Id is the range), so it counts, but forces a resync.
+ * shipper thread advances P contiguously. A duplicate ack means the identical range is
+ * stored (Msg-Id is the range), so it counts, but forces a resync.
+ *
+ * Audit (read-back). An acknowledgement is not proof that the entries stay in the stream:
+ * nats-server 2.9 acknowledges before fsync, and a leader killed at the wrong moment has
+ * lost acknowledged messages here (nats-server#6236). So every AUDIT_EVERY_MS the shipper
+ * reads our subject's messages back, headers only, from V_seq + 1 to the sequence of the
+ * newest acknowledged message, and extends V, the prefix of entries it has seen in the
+ * stream. An acknowledged entry below P that the read-back does not find is lost: it is
+ * re-read from the local log and published again (with a Msg-Id of its own, so a dedup
+ * entry left by the lost message cannot swallow it), and the next audit must find it.
+ * V_seq is kept such that every message of ours holding an entry >= V lies above it, so
+ * the pair (V, V_seq) resumes the audit after a restart. on_ack(V, V_seq) goes to the
+ * writer, which stores it (meta "shipped", "shipped_seq") and prunes only below V
+ * (lineage.nats.retention_s): nothing leaves the local log before it was read back.
  *
  * Start-up: connect (one bounded attempt; libnats keeps retrying in the background when
  * it fails), create or check the stream, resync. An unreachable NATS is not an error; a
@@ -70,6 +83,7 @@
 #define SCAN_WAIT_MS       5000
 #define BACKOFF_MIN_MS     100
 #define BACKOFF_MAX_MS     5000
+#define AUDIT_EVERY_MS     1000
 
 enum rec_state { REC_PENDING = 0, REC_OK, REC_FAILED };
 
@@ -85,6 +99,7 @@ struct rec {
 };
 
 struct range { uint64_t first, last; };
+struct span { uint64_t first, last, seq; }; /* a message of ours seen in the stream */
 struct cpent { uint64_t size; char *note; };
 
 struct mg_shipper {
@@ -121,11 +136,17 @@ struct mg_shipper {
   uint64_t next;     /* next entry index to publish */
   uint64_t acked_p;  /* P: contiguous acknowledged prefix */
   uint64_t acked_s;  /* S */
-  uint64_t reported; /* last value given to on_ack */
+  uint64_t ver_p;    /* V: every entry < V was read back from the stream */
+  uint64_t ver_s;    /* every message of ours with an entry >= V has a sequence > this */
+  uint64_t audit_hi; /* highest sequence of an audit's re-sent message */
+  int64_t audit_due_us;
+  uint64_t reported; /* last V given to on_ack */
   bool synced;       /* a resync succeeded since the last (re)connect / error */
+  bool audit_failing;
   bool defer_ack;    /* in mg_shipper_start: on_ack runs on the shipper thread only */
 
   _Atomic uint64_t stat_acked;
+  _Atomic uint64_t stat_verified;
   atomic_bool connected;
   atomic_int last_error;
 };
@@ -212,6 +233,12 @@ int mg_shipper_header_u64(natsMsg *m, const char *key, uint64_t *out) {
 
 int mg_shipper_scan(jsCtx *js, const char *stream, const char *filter, uint64_t from,
                     uint64_t to, int wait_ms, mg_shipper_scan_cb cb, void *arg) {
+  return mg_shipper_scan_opts(js, stream, filter, from, to, wait_ms, false, cb, arg);
+}
+
+int mg_shipper_scan_opts(jsCtx *js, const char *stream, const char *filter, uint64_t from,
+                         uint64_t to, int wait_ms, bool headers_only, mg_shipper_scan_cb cb,
+                         void *arg) {
   natsSubscription *sub = NULL;
   jsSubOptions so;
   jsErrCode jerr = 0;
@@ -225,6 +252,7 @@ int mg_shipper_scan(jsCtx *js, const char *stream, const char *filter, uint64_t 
   so.Ordered = true;
   so.Config.DeliverPolicy = js_DeliverByStartSequence;
   so.Config.OptStartSeq = from;
+  so.Config.HeadersOnly = headers_only;
   natsStatus st = js_SubscribeSync(&sub, js, filter, NULL, &so, &jerr);
   if (st != NATS_OK) {
     mg_warn("lineage nats: cannot read stream %s from %" PRIu64 ": %s (%d)", stream, from,
@@ -595,7 +623,9 @@ static bool advance_locked(struct mg_shipper *s) {
       s->need_resync = true;
       break;
     }
-    if (r->dup)
+    /* a duplicate checkpoint is just stored already; a duplicate range may mean we are
+     * behind the stream */
+    if (r->dup && !r->cp)
       s->need_resync = true;
     if (!r->cp) {
       s->acked_p = r->last + 1;
@@ -612,15 +642,14 @@ static bool advance_locked(struct mg_shipper *s) {
 }
 
 static void report_ack(struct mg_shipper *s) {
-  atomic_store(&s->stat_acked, MG_MAX(s->acked_p, s->reported));
-  if (s->defer_ack)
-    return;
-  if (s->acked_p > s->reported) {
-    s->reported = s->acked_p;
-    atomic_store(&s->stat_acked, s->acked_p);
-    if (s->on_ack)
-      s->on_ack(s->ack_arg, s->acked_p);
+  atomic_store(&s->stat_acked, MG_MAX(s->acked_p, s->ver_p));
+  if (!s->defer_ack && s->ver_p > s->reported) {
+    s->reported = s->ver_p;
+    if (s->on_ack) /* before the stats say so: the writer has it once they do */
+      s->on_ack(s->ack_arg, s->ver_p, s->ver_s);
   }
+  if (!s->defer_ack)
+    atomic_store(&s->stat_verified, s->ver_p);
 }
 
 /* Waits (bounded) for what is in flight, then forgets the rest: checkpoints that were not
@@ -659,27 +688,27 @@ static void settle(struct mg_shipper *s) {
 
 struct scanctx {
   struct mg_shipper *s;
-  struct range *v;
+  struct span *v;
   size_t n, cap;
   uint64_t max_cp;
   int err;
 };
 
-static int scan_add(struct scanctx *c, uint64_t first, uint64_t last) {
+static int scan_add(struct scanctx *c, uint64_t first, uint64_t last, uint64_t seq) {
   if (c->n == c->cap) {
     size_t nc = c->cap ? c->cap * 2 : 64;
-    struct range *nv = realloc(c->v, nc * sizeof *nv);
+    struct span *nv = realloc(c->v, nc * sizeof *nv);
     if (!nv)
       return -ENOMEM;
     c->v = nv;
     c->cap = nc;
   }
-  c->v[c->n++] = (struct range){first, last};
+  c->v[c->n++] = (struct span){first, last, seq};
   return 0;
 }
 
-/* Records one of our messages (from the scan or the last-message read). */
-static int scan_msg(struct scanctx *c, natsMsg *m) {
+/* Records one of our messages (from a scan or the last-message read). */
+static int scan_msg(struct scanctx *c, natsMsg *m, uint64_t seq) {
   const char *kind = NULL;
   uint64_t a = 0, b = 0;
   if (natsMsgHeader_Get(m, MG_SHIP_H_KIND, &kind) != NATS_OK || !kind) {
@@ -695,22 +724,20 @@ static int scan_msg(struct scanctx *c, natsMsg *m) {
   if (mg_shipper_header_u64(m, MG_SHIP_H_FIRST, &a) || mg_shipper_header_u64(m, MG_SHIP_H_LAST, &b)
       || b < a)
     return MG_LINEAGE_E_FORMAT;
-  return scan_add(c, a, b);
+  return scan_add(c, a, b, seq);
 }
 
-static int scan_cb(void *arg, natsMsg *m, uint64_t seq) {
-  (void)seq;
-  return scan_msg(arg, m);
-}
+static int scan_cb(void *arg, natsMsg *m, uint64_t seq) { return scan_msg(arg, m, seq); }
 
-static int cmp_range(const void *x, const void *y) {
-  const struct range *a = x, *b = y;
+static int cmp_span(const void *x, const void *y) {
+  const struct span *a = x, *b = y;
   return a->first < b->first ? -1 : a->first > b->first;
 }
 
-/* Publishes entries [first, last] from the log synchronously, in parts. */
+/* Publishes entries [first, last] from the log synchronously, in parts. A nonzero `tag`
+ * makes the Msg-Ids differ from the original messages' ("<origin>/<first>-<last>/a<tag>"). */
 static int fill_hole(struct mg_shipper *s, uint64_t first, uint64_t last, uint64_t base_p,
-                     uint64_t base_s, uint64_t *max_seq) {
+                     uint64_t base_s, uint64_t tag, uint64_t *max_seq) {
   struct mg_buf body;
   int rc = 0;
   mg_buf_init(&body);
@@ -737,6 +764,10 @@ static int fill_hole(struct mg_shipper *s, uint64_t first, uint64_t last, uint64
     if (!rc)
       rc = build_msg(s, false, first, first + n - 1, body.data, body.len, base_p, base_s, &m,
                      msgid, sizeof msgid);
+    if (!rc && tag) {
+      size_t ml = strlen(msgid);
+      snprintf(msgid + ml, sizeof msgid - ml, "/a%" PRIu64, tag);
+    }
     if (!rc) {
       rc = publish_sync(s, m, msgid, &seq);
       natsMsg_Destroy(m);
@@ -762,7 +793,7 @@ static int resync(struct mg_shipper *s) {
   if (st == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr) {
     if (s->reported > 0)
       mg_warn("lineage nats: stream %s holds nothing for %s although %" PRIu64
-              " entries were acknowledged: shipping again from 0", s->stream, s->origin,
+              " entries were read back from it: shipping again from 0", s->stream, s->origin,
               s->reported);
   } else if (st != NATS_OK) {
     rc = nats_err(s, "reading the last message", st, jerr);
@@ -775,7 +806,7 @@ static int resync(struct mg_shipper *s) {
   } else {
     uint64_t lfirst = UINT64_MAX;
     lseq = natsMsg_GetSequence(last);
-    rc = scan_msg(&c, last);
+    rc = scan_msg(&c, last, lseq);
     if (!rc && (mg_shipper_header_u64(last, MG_SHIP_H_ACKED, &base_p) ||
                 mg_shipper_header_u64(last, MG_SHIP_H_ACKED_SEQ, &base_s)))
       rc = MG_LINEAGE_E_FORMAT;
@@ -796,7 +827,7 @@ static int resync(struct mg_shipper *s) {
 
   /* contiguous end from P, the holes, and the highest index held */
   if (c.n)
-    qsort(c.v, c.n, sizeof *c.v, cmp_range);
+    qsort(c.v, c.n, sizeof *c.v, cmp_span);
   end = base_p;
   for (size_t i = 0; i < c.n; i++)
     if (c.v[i].last + 1 > end && c.v[i].first <= end)
@@ -817,7 +848,7 @@ static int resync(struct mg_shipper *s) {
     if (c.v[i].last < cur)
       continue; /* below the base, or already counted */
     if (c.v[i].first > cur)
-      rc = fill_hole(s, cur, c.v[i].first - 1, base_p, base_s, &max_seq);
+      rc = fill_hole(s, cur, c.v[i].first - 1, base_p, base_s, 0, &max_seq);
     cur = MG_MAX(cur, c.v[i].last + 1);
   }
   if (rc)
@@ -846,8 +877,18 @@ static int resync(struct mg_shipper *s) {
       free(note);
     }
   }
-  if (s->acked_p < s->reported)
-    s->reported = s->acked_p; /* on_ack is only called when it moves up */
+  if (high < s->ver_p || lseq < s->ver_s) {
+    /* the stream lost messages an audit had read, or its sequence went back: read it
+     * again from the start (headers only) */
+    mg_warn("lineage nats: stream %s went back (index %" PRIu64 " < %" PRIu64 " read back, or "
+            "sequence %" PRIu64 " < %" PRIu64 "): auditing it again", s->stream, high,
+            s->ver_p, lseq, s->ver_s);
+    s->ver_p = MG_MIN(s->ver_p, high);
+    s->ver_s = 0;
+    s->audit_hi = 0;
+  }
+  if (s->ver_p < s->reported)
+    s->reported = s->ver_p; /* on_ack is only called when it moves up */
   report_ack(s);
   atomic_store(&s->stat_acked, s->acked_p);
   mg_info("lineage nats: %s resumes at index %" PRIu64 " (stream %s)", s->origin, s->next,
@@ -855,6 +896,77 @@ static int resync(struct mg_shipper *s) {
 out:
   free(c.v);
   natsMsg_Destroy(last);
+  return rc;
+}
+
+/* ---- audit ----------------------------------------------------------------------------- */
+
+/* One read-back pass (see the header): extends V over what the stream holds, re-sends
+ * acknowledged entries it lacks. Shipper thread. 0 or an error (retried next period). */
+static int audit(struct mg_shipper *s) {
+  uint64_t to = MG_MAX(s->acked_s, s->audit_hi), from = s->ver_s + 1;
+  if (from > to || (s->ver_p >= s->acked_p && s->audit_hi <= s->ver_s))
+    return 0;
+  /* the subject's last message bounds the read: a lost message at `to` must not leave the
+   * read-back waiting for one that never comes */
+  natsMsg *last = NULL;
+  jsErrCode jerr = 0;
+  uint64_t lseq = 0;
+  natsStatus st = js_GetLastMsg(&last, s->js, s->stream, s->full_subject, NULL, &jerr);
+  if (st == NATS_OK) {
+    lseq = natsMsg_GetSequence(last);
+    natsMsg_Destroy(last);
+  } else if (st != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr) {
+    return MG_LINEAGE_E_NATS;
+  }
+  struct scanctx c = {.s = s};
+  int rc = lseq < from ? 0 : mg_shipper_scan_opts(s->js, s->stream, s->full_subject, from, to,
+                                                  SCAN_WAIT_MS, true, scan_cb, &c);
+  if (rc) {
+    free(c.v);
+    return rc;
+  }
+  if (c.n)
+    qsort(c.v, c.n, sizeof *c.v, cmp_span);
+  /* entries below the pruned point are gone from the local log: nothing to re-send */
+  uint64_t cur = MG_MAX(s->ver_p, mg_lineage_log_pruned(s->log));
+  size_t i = 0;
+  for (; i < c.n; i++) {
+    if (c.v[i].last < cur)
+      continue;
+    if (c.v[i].first > cur)
+      break;
+    cur = c.v[i].last + 1;
+  }
+  /* V and the sequence below which no message of ours holds an entry >= V */
+  uint64_t new_s = to;
+  for (size_t j = 0; j < c.n; j++)
+    if (c.v[j].last >= cur && c.v[j].seq - 1 < new_s)
+      new_s = c.v[j].seq - 1;
+  /* acknowledged entries the stream does not hold */
+  uint64_t hole = cur, max_seq = s->audit_hi;
+  for (; i <= c.n && hole < s->acked_p && !rc; i++) {
+    uint64_t end = i < c.n ? c.v[i].first : s->acked_p; /* exclusive */
+    if (i < c.n && c.v[i].last < hole)
+      continue;
+    if (end > hole) {
+      uint64_t hl = MG_MIN(end, s->acked_p) - 1;
+      mg_error("lineage nats: stream %s lost entries %" PRIu64 "-%" PRIu64 " of %s after "
+               "acknowledging them: re-sending them from the local log", s->stream, hole, hl,
+               s->origin);
+      rc = fill_hole(s, hole, hl, s->acked_p, s->acked_s, to, &max_seq);
+    }
+    if (i < c.n)
+      hole = MG_MAX(hole, c.v[i].last + 1);
+  }
+  free(c.v);
+  if (max_seq > s->audit_hi)
+    s->audit_hi = max_seq;
+  if (cur > s->ver_p || new_s != s->ver_s) {
+    s->ver_p = cur;
+    s->ver_s = new_s;
+    report_ack(s);
+  }
   return rc;
 }
 
@@ -1007,9 +1119,22 @@ static void *shipper_main(void *arg) {
     }
     if (s->need_resync)
       continue;
+    int64_t now = mg_mono_now_us();
+    bool audit_now = !stopping && s->synced && now >= s->audit_due_us;
+    if (audit_now)
+      s->audit_due_us = now + AUDIT_EVERY_MS * 1000LL;
     pthread_mutex_unlock(&s->mu);
     if (moved)
       report_ack(s);
+    if (audit_now) {
+      int arc = audit(s);
+      if (arc && !s->audit_failing)
+        mg_warn("lineage nats: reading stream %s back failed: %s (retrying every %d ms)",
+                s->stream, mg_strerror(arc), AUDIT_EVERY_MS);
+      else if (!arc && s->audit_failing)
+        mg_info("lineage nats: reading stream %s back works again", s->stream);
+      s->audit_failing = arc != 0;
+    }
     int sent = 0, rc = 0;
     while (sent < 64 && (rc = send_one(s, &body)) == 1)
       sent++;
@@ -1071,8 +1196,8 @@ static void shipper_free(struct mg_shipper *s) {
 static char *dupz(const char *x) { return x ? strdup(x) : NULL; }
 
 int mg_shipper_start(const struct mg_shipper_config *cfg, struct mg_lineage_log *log,
-                     uint64_t shipped, mg_shipper_ack_cb on_ack, void *ack_arg,
-                     struct mg_shipper **out) {
+                     uint64_t shipped, uint64_t shipped_seq, mg_shipper_ack_cb on_ack,
+                     void *ack_arg, struct mg_shipper **out) {
   struct mg_shipper *s = NULL;
   natsOptions *o = NULL;
   pthread_condattr_t ca;
@@ -1097,7 +1222,10 @@ int mg_shipper_start(const struct mg_shipper_config *cfg, struct mg_lineage_log 
   s->ack_arg = ack_arg;
   s->replicas = cfg->replicas > 0 ? cfg->replicas : 1;
   s->reported = shipped;
+  s->ver_p = shipped;
+  s->ver_s = shipped_seq;
   atomic_store(&s->stat_acked, shipped);
+  atomic_store(&s->stat_verified, shipped);
   s->servers = calloc(cfg->nservers, sizeof *s->servers);
   s->gq = calloc(GROUPQ_CAP, sizeof *s->gq);
   s->stream = dupz(cfg->stream);
@@ -1180,10 +1308,8 @@ int mg_shipper_start(const struct mg_shipper_config *cfg, struct mg_lineage_log 
       rc = resync(s);
       if (rc == MG_LINEAGE_E_FOREIGN)
         goto fail;
-      if (rc)
-        s->need_resync = true;
-      else
-        s->need_resync = false;
+      s->need_resync = rc != 0;
+      s->synced = rc == 0;
     } else {
       mg_warn("lineage nats: %s (will retry)", why);
     }
@@ -1232,9 +1358,12 @@ void mg_shipper_notify_checkpoint(struct mg_shipper *s, uint64_t size, const cha
   pthread_mutex_unlock(&s->mu);
 }
 
-void mg_shipper_stats(struct mg_shipper *s, uint64_t *acked, bool *connected) {
+void mg_shipper_stats(struct mg_shipper *s, uint64_t *acked, uint64_t *verified,
+                      bool *connected) {
   if (acked)
     *acked = s ? atomic_load(&s->stat_acked) : 0;
+  if (verified)
+    *verified = s ? atomic_load(&s->stat_verified) : 0;
   if (connected)
     *connected = s ? atomic_load(&s->connected) : false;
 }

@@ -47,5 +47,9 @@ typedef int (*mg_shipper_scan_cb)(void *arg, natsMsg *m, uint64_t seq);
  * MG_LINEAGE_E_NATS. */
 int mg_shipper_scan(jsCtx *js, const char *stream, const char *filter, uint64_t from,
                     uint64_t to, int wait_ms, mg_shipper_scan_cb cb, void *arg);
+/* The same; with headers_only the messages carry their headers and no body. */
+int mg_shipper_scan_opts(jsCtx *js, const char *stream, const char *filter, uint64_t from,
+                         uint64_t to, int wait_ms, bool headers_only, mg_shipper_scan_cb cb,
+                         void *arg);
 
 #endif /* MG_SHIPPER_INT_H */

@@ -177,7 +177,8 @@ struct mg_lineage_writer {
   uint64_t cp_size;
   int64_t last_cp_us;
   uint64_t shipped_stored;
-  _Atomic uint64_t ship_ack;
+  _Atomic uint64_t ship_ack; /* read back from JetStream (mg_lineage_writer_ack) */
+  uint64_t ship_seq;         /* its stream sequence; under mu, with ship_ack */
   struct mg_buf line;
   struct bucket *buckets[BUCKETS];
   size_t npeers;
@@ -722,7 +723,9 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
   struct mg_merkle_frontier fr = w->fr;
   uint64_t first = fr.size;
   int64_t t = now > w->last_time_us ? now : w->last_time_us;
-  uint64_t ship = atomic_load(&w->ship_ack);
+  pthread_mutex_lock(&w->mu);
+  uint64_t ship = atomic_load(&w->ship_ack), ship_seq = w->ship_seq;
+  pthread_mutex_unlock(&w->mu);
   bool cp = (fr.size + nwrite > w->cp_size || (w->rotate && fr.size + nwrite > 0)) &&
             (want_cp || mono - w->last_cp_us >= w->every_us);
   if (!nwrite && !cp && ship <= w->shipped_stored) {
@@ -759,7 +762,8 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
                  (rc = mg_lineage_log_meta_put_u64(w->log, txn, "last_time_us", (uint64_t)t))))
     goto abort;
   if (ship > w->shipped_stored &&
-      (rc = mg_lineage_log_meta_put_u64(w->log, txn, "shipped", ship)))
+      ((rc = mg_lineage_log_meta_put_u64(w->log, txn, "shipped", ship)) ||
+       (rc = mg_lineage_log_meta_put_u64(w->log, txn, "shipped_seq", ship_seq))))
     goto abort;
   /* retention: twice the group's own entries per group, so a backlog of old entries (an
    * outage of NATS) is worked off while the log keeps growing */
@@ -1052,6 +1056,8 @@ static int recover(struct mg_lineage_writer *w) {
   if (mg_lineage_log_meta_get_u64(w->log, txn, "shipped", &v) == 0) {
     w->shipped_stored = v;
     atomic_store(&w->ship_ack, v);
+    /* absent (a log from before the read-back): the first audit reads the stream from 0 */
+    if (mg_lineage_log_meta_get_u64(w->log, txn, "shipped_seq", &v) == 0) w->ship_seq = v;
   }
   rc = mg_lineage_log_meta_get_str(w->log, txn, "origin", &s);
   if (rc == 0 && strcmp(s, w->origin) != 0) {
@@ -1271,12 +1277,14 @@ void mg_lineage_writer_stats(struct mg_lineage_writer *w, struct mg_lineage_stat
   pthread_mutex_unlock(&w->mu);
   map_usage(w, &out->map_bytes, &out->used_bytes);
   if (sh) {
-    uint64_t acked = 0;
+    uint64_t acked = 0, verified = 0;
     bool conn = false;
-    mg_shipper_stats(sh, &acked, &conn);
+    mg_shipper_stats(sh, &acked, &verified, &conn);
     out->shipped = acked;
+    out->verified = verified;
     out->nats_connected = conn;
     out->backlog = out->size > acked ? out->size - acked : 0;
+    out->unverified = acked > verified ? acked - verified : 0;
   }
 }
 
@@ -1290,8 +1298,12 @@ struct mg_lineage_reader *mg_lineage_writer_reader(struct mg_lineage_writer *w) 
 
 struct mg_lineage_log *mg_lineage_writer_log(struct mg_lineage_writer *w) { return w->log; }
 
-uint64_t mg_lineage_writer_shipped(struct mg_lineage_writer *w) {
-  return atomic_load(&w->ship_ack);
+uint64_t mg_lineage_writer_shipped(struct mg_lineage_writer *w, uint64_t *seq) {
+  pthread_mutex_lock(&w->mu);
+  uint64_t p = atomic_load(&w->ship_ack);
+  if (seq) *seq = w->ship_seq;
+  pthread_mutex_unlock(&w->mu);
+  return p;
 }
 
 void mg_lineage_writer_attach_shipper(struct mg_lineage_writer *w, struct mg_shipper *s) {
@@ -1300,9 +1312,12 @@ void mg_lineage_writer_attach_shipper(struct mg_lineage_writer *w, struct mg_shi
   pthread_mutex_unlock(&w->mu);
 }
 
-void mg_lineage_writer_ack(void *arg, uint64_t upto) {
+void mg_lineage_writer_ack(void *arg, uint64_t upto, uint64_t seq) {
   struct mg_lineage_writer *w = arg;
-  uint64_t cur = atomic_load(&w->ship_ack);
-  while (upto > cur && !atomic_compare_exchange_weak(&w->ship_ack, &cur, upto)) {
+  pthread_mutex_lock(&w->mu);
+  if (upto > atomic_load(&w->ship_ack)) {
+    w->ship_seq = seq;
+    atomic_store(&w->ship_ack, upto);
   }
+  pthread_mutex_unlock(&w->mu);
 }

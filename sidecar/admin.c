@@ -1358,8 +1358,9 @@ static void h_readyz(struct mg_admin_ctx *c, struct mg_admin_resp *rs) {
   mg_buf_appendf(&rs->body, "{\"ready\":%s", nr ? "false" : "true");
   if (nr) mg_buf_appendf(&rs->body, ",\"reasons\":[%s]", reasons.data);
   if (app->cfg->nats)
-    mg_buf_appendf(&rs->body, ",\"nats\":{\"connected\":%s,\"backlog\":%llu}",
-                   st.nats_connected ? "true" : "false", (unsigned long long)st.backlog);
+    mg_buf_appendf(&rs->body, ",\"nats\":{\"connected\":%s,\"backlog\":%llu,\"unverified\":%llu}",
+                   st.nats_connected ? "true" : "false", (unsigned long long)st.backlog,
+                   (unsigned long long)st.unverified);
   mg_buf_appends(&rs->body, "}\n");
   rs->status = nr ? 503 : 200;
   mg_buf_clear(&reasons);
@@ -1471,6 +1472,9 @@ static void h_metrics(struct mg_admin_ctx *c, struct mg_admin_resp *rs) {
         {"meshgate_lineage_healthy", "gauge", "1 when the last commit succeeded.", st.healthy},
         {"meshgate_lineage_backlog", "gauge", "Entries not yet acknowledged by JetStream.",
          st.backlog},
+        {"meshgate_lineage_unverified", "gauge",
+         "Entries JetStream acknowledged that the read-back has not found in the stream yet.",
+         st.unverified},
         {"meshgate_lineage_commits_total", "counter", "Group commits.", st.commits},
         {"meshgate_lineage_summaries_total", "counter", "Rate-limit summary entries.",
          st.summaries_total},

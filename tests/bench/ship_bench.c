@@ -245,7 +245,7 @@ int main(int argc, char **argv) {
   struct mg_shipper_config cfg = {.servers = (const char *const *)servers, .nservers = ns,
                                   .stream = stream, .subject = "bench.lineage",
                                   .replicas = replicas, .origin = origin};
-  int rc = mg_shipper_start(&cfg, &lg, 0, NULL, NULL, &ship);
+  int rc = mg_shipper_start(&cfg, &lg, 0, 0, NULL, NULL, &ship);
   if (rc) {
     fprintf(stderr, "mg_shipper_start: %s\n", mg_strerror(rc));
     stop_cluster();
@@ -253,19 +253,20 @@ int main(int argc, char **argv) {
   }
   printf("stream %s R%d, target %" PRIu64 " entries/s in groups of %" PRIu64 ", %" PRIu64
          "-byte lines, %.0f s\n", stream, replicas, opt_rate, opt_group, opt_line, opt_seconds);
-  printf("%8s %12s %12s %10s\n", "t_s", "produced", "acked", "backlog");
+  printf("%8s %12s %12s %10s %12s\n", "t_s", "produced", "acked", "backlog", "read back");
   pthread_t gen;
   pthread_create(&gen, NULL, gen_main, NULL);
   int64_t t0 = mg_mono_now_us(), t_gen_end = 0, t_drained = 0;
   uint64_t max_backlog = 0, acked_at_gen_end = 0;
   for (;;) {
     usleep(500000);
-    uint64_t acked = 0, made = mg_lineage_log_size(&lg);
-    mg_shipper_stats(ship, &acked, NULL);
+    uint64_t acked = 0, verified = 0, made = mg_lineage_log_size(&lg);
+    mg_shipper_stats(ship, &acked, &verified, NULL);
     uint64_t backlog = made - acked;
     max_backlog = backlog > max_backlog ? backlog : max_backlog;
     double t = (double)(mg_mono_now_us() - t0) / 1e6;
-    printf("%8.1f %12" PRIu64 " %12" PRIu64 " %10" PRIu64 "\n", t, made, acked, backlog);
+    printf("%8.1f %12" PRIu64 " %12" PRIu64 " %10" PRIu64 " %12" PRIu64 "\n", t, made, acked,
+           backlog, verified);
     fflush(stdout);
     if (gen_done && !t_gen_end) {
       t_gen_end = mg_mono_now_us();
@@ -281,8 +282,15 @@ int main(int argc, char **argv) {
     }
   }
   pthread_join(gen, NULL);
-  uint64_t acked = 0, made = mg_lineage_log_size(&lg);
-  mg_shipper_stats(ship, &acked, NULL);
+  uint64_t acked = 0, verified = 0, made = mg_lineage_log_size(&lg);
+  int64_t t_v = mg_mono_now_us();
+  for (int i = 0; i < 200; i++) { /* the read-back runs every second */
+    mg_shipper_stats(ship, &acked, &verified, NULL);
+    if (verified >= made) break;
+    usleep(100000);
+  }
+  printf("read back %" PRIu64 " of %" PRIu64 " entries %.1f s after the drain\n", verified, made,
+         (double)(mg_mono_now_us() - t_v) / 1e6);
   double total_s = (double)((t_drained ? t_drained : mg_mono_now_us()) - t0) / 1e6;
   printf("produced %" PRIu64 " entries, acknowledged %" PRIu64 "\n", made, acked);
   printf("shipped rate while producing: %.0f entries/s (target %" PRIu64 ")\n",

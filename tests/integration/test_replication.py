@@ -96,15 +96,18 @@ class Sidecar:
         return (j.get("nats") or {}).get("backlog")
 
     def wait_backlog_zero(self, timeout=90):
+        """Every entry acknowledged by JetStream and read back from the stream (readyz
+        nats.backlog and nats.unverified both 0)."""
         deadline = time.time() + timeout
-        b = None
+        n = None
         while time.time() < deadline:
-            b = self.backlog()
-            if b == 0:
+            _, j = self.readyz()
+            n = j.get("nats") or {}
+            if n.get("backlog") == 0 and n.get("unverified") == 0:
                 return
             time.sleep(0.25)
-        raise AssertionError("backlog still %s after %ss:\n%s"
-                             % (b, timeout, mgtest.log_text(self.mg)[-3000:]))
+        raise AssertionError("readyz nats %s after %ss:\n%s"
+                             % (n, timeout, mgtest.log_text(self.mg)[-3000:]))
 
     def local_export(self):
         r = subprocess.run([mgtest.meshgate_bin(), "lineage", "export", "--db",

@@ -378,7 +378,7 @@ static void test_pruned(void **state) {
   mg_lineage_writer_stats(w, &st);
   uint64_t before = st.size;
   assert_true(before > 150);
-  mg_lineage_writer_ack(w, 120); /* entries 0..119 are in the stream */
+  mg_lineage_writer_ack(w, 120, 0); /* entries 0..119 were read back from the stream */
   usleep(1100000);               /* and older than the retention */
   for (int i = 100; i < 110; i++) submit(w, i, true);
   char *note;

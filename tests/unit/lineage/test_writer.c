@@ -648,18 +648,20 @@ static void test_shipped_stored(void **state) {
   struct mg_lineage_config c = cfg(MG_LINEAGE_WRITE_AHEAD);
   struct mg_lineage_writer *w;
   assert_int_equal(mg_lineage_writer_open(&c, &w), 0);
-  assert_int_equal(mg_lineage_writer_shipped(w), 0);
+  assert_int_equal(mg_lineage_writer_shipped(w, NULL), 0);
   struct mg_lineage_access a;
   struct done d = {0};
   access_(&a, "0190d6b0-0000-7000-8000-000000000012", "allow", "10.0.0.8:1");
   for (int i = 0; i < 3; i++) assert_int_equal(mg_lineage_submit_access(w, &a, NULL, NULL, NULL), 0);
-  mg_lineage_writer_ack(w, 2);
-  mg_lineage_writer_ack(w, 1); /* never goes back */
+  mg_lineage_writer_ack(w, 2, 77);
+  mg_lineage_writer_ack(w, 1, 99); /* never goes back */
   assert_int_equal(mg_lineage_submit_access(w, &a, on_done, &d, NULL), 0);
   while (atomic_load(&d.calls) == 0) usleep(100);
   mg_lineage_writer_close(w);
   assert_int_equal(mg_lineage_writer_open(&c, &w), 0);
-  assert_int_equal(mg_lineage_writer_shipped(w), 2);
+  uint64_t seq = 0;
+  assert_int_equal(mg_lineage_writer_shipped(w, &seq), 2);
+  assert_int_equal(seq, 77); /* the pair as it was reported */
   mg_lineage_writer_close(w);
 }
 
