@@ -18,19 +18,25 @@
  * shipper never writes) are skipped with a warning rather than failing the export, so an
  * auditor still gets a verifiable export and the warning.
  *
- * v1 limits: filters and the openlineage format return -ENOTSUP (the unfiltered ndjson
- * export is what verify needs); an origin whose first messages aged out of the stream
- * starts at its lowest index held (verify then reports it).
+ * Filters and the openlineage format: each origin's covered entries [0, C) and the
+ * stream's checkpoints up to C are loaded into a temporary local log (entries, Merkle
+ * nodes, checkpoints; a directory under $TMPDIR, removed afterwards) and the local export
+ * runs on it with the filters, so the result (inclusion proofs against the stream's latest
+ * signed checkpoint, OpenLineage events) is exactly what `--db` writes. An origin whose
+ * first messages aged out of the stream starts at its lowest index held: the unfiltered
+ * export then starts there (verify reports it); a filtered one refuses that origin.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <nats/nats.h>
 
-#include "lineage/lineage_int.h"
+#include "lineage/lineage_store.h"
 #include "lineage/shipper_int.h"
 
 #define EXPORT_WAIT_MS 5000
@@ -304,9 +310,101 @@ static int out_err(FILE *out) {
   return e ? -e : -EIO;
 }
 
+#define IMPORT_TXN_ENTRIES 65536
+
+/* Loads entries [0, cover) from sec->tmp and the checkpoints up to cover into the empty
+ * log `log`. */
+static int import_section(struct osec *sec, uint64_t cover, struct mg_lineage_log *log) {
+  struct mg_merkle_frontier fr;
+  MDB_txn *txn = NULL;
+  char *line = NULL;
+  size_t cap = 0;
+  int rc = 0, mrc = 0;
+  mg_merkle_frontier_init(&fr);
+  if (fflush(sec->tmp) || fseek(sec->tmp, 0, SEEK_SET))
+    return -errno;
+  for (uint64_t idx = 0; idx < cover && !rc; idx++) {
+    if (!txn && (mrc = mg_lineage_log_txn(log, true, &txn)))
+      break;
+    ssize_t n = getline(&line, &cap, sec->tmp);
+    if (n <= 1 || line[n - 1] != '\n') {
+      rc = MG_LINEAGE_E_FORMAT;
+      break;
+    }
+    uint8_t kb[8], leaf[MG_HASH_LEN];
+    struct mg_lineage_nodes_ctx nc = {log, txn};
+    mg_be64(idx, kb);
+    MDB_val k = {8, kb}, v = {(size_t)n - 1, line};
+    if ((mrc = mdb_put(txn, log->entries, &k, &v, MDB_APPEND)))
+      break;
+    mg_merkle_leaf_hash(line, (size_t)n - 1, leaf);
+    rc = mg_merkle_frontier_append(&fr, leaf, mg_lineage_log_put_node, &nc);
+    if (!rc && (idx + 1) % IMPORT_TXN_ENTRIES == 0) {
+      mrc = mdb_txn_commit(txn);
+      txn = NULL;
+    }
+  }
+  if (!rc && !mrc && !txn)
+    mrc = mg_lineage_log_txn(log, true, &txn);
+  for (size_t i = 0; i < sec->ncps && !rc && !mrc; i++) {
+    if (sec->cps[i].size > cover)
+      break;
+    uint8_t kb[8];
+    mg_be64(sec->cps[i].size, kb);
+    MDB_val k = {8, kb}, v = {strlen(sec->cps[i].note), sec->cps[i].note};
+    mrc = mdb_put(txn, log->checkpoints, &k, &v, 0);
+  }
+  if (!rc && !mrc) {
+    mrc = mdb_txn_commit(txn);
+    txn = NULL;
+  }
+  if (txn)
+    mdb_txn_abort(txn);
+  free(line);
+  return rc ? rc : mrc ? mg_lineage_log_err(mrc) : 0;
+}
+
+/* The filtered or openlineage export of one origin's section [0, cover) (see the header). */
+static int emit_filtered(struct osec *sec, uint64_t cover, const struct mg_lineage_filter *f,
+                         enum mg_lineage_format fmt, FILE *out) {
+  if (sec->base != 0) {
+    mg_error("lineage export: origin %s: the stream holds it only from index %" PRIu64
+             " (older messages aged out): a filtered export needs it from 0", sec->origin,
+             sec->base);
+    return MG_LINEAGE_E_RANGE;
+  }
+  const char *td = getenv("TMPDIR");
+  char dir[4096], path[4200];
+  snprintf(dir, sizeof dir, "%s/meshgate-export-XXXXXX", td && *td ? td : "/tmp");
+  if (!mkdtemp(dir))
+    return -errno;
+  struct stat st;
+  uint64_t bytes = fstat(fileno(sec->tmp), &st) == 0 ? (uint64_t)st.st_size : 0;
+  /* lines, two B-tree copies' worth of slack, ~2 nodes of 41 bytes + overhead per entry */
+  size_t map_mb = (size_t)((3 * bytes + 256 * cover) >> 20) + 64;
+  struct mg_lineage_log *log = NULL;
+  int rc = mg_lineage_log_open(dir, map_mb, false, &log);
+  if (!rc) {
+    mdb_env_set_flags(log->env, MDB_NOSYNC, 1); /* a scratch copy: no flushes */
+    rc = import_section(sec, cover, log);
+    if (!rc) {
+      struct mg_lineage_reader r = {.log = log, .owned = false};
+      rc = mg_lineage_export(&r, f, fmt, out);
+    }
+    mg_lineage_log_close(log);
+  }
+  snprintf(path, sizeof path, "%s/data.mdb", dir);
+  unlink(path);
+  snprintf(path, sizeof path, "%s/lock.mdb", dir);
+  unlink(path);
+  rmdir(dir);
+  return rc;
+}
+
 /* Writes one origin's section: entries [base, C) with checkpoints, C = the last
- * checkpoint size reached. */
-static int emit(struct osec *sec, FILE *out) {
+ * checkpoint size reached; with filters or openlineage, emit_filtered's export of it. */
+static int emit(struct osec *sec, const struct mg_lineage_filter *f, enum mg_lineage_format fmt,
+                FILE *out) {
   struct mg_buf cpline;
   char *line = NULL;
   size_t cap = 0;
@@ -346,6 +444,8 @@ static int emit(struct osec *sec, FILE *out) {
   if (cover < sec->next)
     mg_info("lineage export: origin %s: entries from %" PRIu64 " are not covered by a "
             "checkpoint yet; left out", sec->origin, cover);
+  if (fmt != MG_LINEAGE_NDJSON || !filter_empty(f))
+    return emit_filtered(sec, cover, f, fmt, out);
   mg_buf_init(&cpline);
   if (fflush(sec->tmp) || fseek(sec->tmp, 0, SEEK_SET))
     return -errno;
@@ -399,9 +499,12 @@ static void sec_free(struct osec *s) {
   free(s->cps);
 }
 
-int mg_lineage_export_nats(const char *url, const char *stream, const char *origin,
+int mg_lineage_export_nats(const struct mg_lineage_nats_source *src,
                            const struct mg_lineage_filter *f, enum mg_lineage_format fmt,
                            FILE *out) {
+  if (!src || !src->url || !src->stream || !out)
+    return MG_ERR_INVALID;
+  const char *url = src->url, *stream = src->stream, *origin = src->origin;
   natsOptions *o = NULL;
   natsConnection *nc = NULL;
   jsCtx *js = NULL;
@@ -412,10 +515,6 @@ int mg_lineage_export_nats(const char *url, const char *stream, const char *orig
   int rc = 0;
   natsStatus st;
 
-  if (!url || !stream || !out)
-    return MG_ERR_INVALID;
-  if (fmt != MG_LINEAGE_NDJSON || !filter_empty(f))
-    return -ENOTSUP;
   if (natsOptions_Create(&o) != NATS_OK)
     return -ENOMEM;
   /* "nats://a:1,nats://b:2": a list of servers */
@@ -433,6 +532,9 @@ int mg_lineage_export_nats(const char *url, const char *stream, const char *orig
   if (st == NATS_OK) st = natsOptions_SetMaxReconnect(o, 10);
   if (st == NATS_OK) st = natsOptions_SetReconnectWait(o, 500);
   if (st == NATS_OK) st = natsOptions_SetName(o, "meshgate-export");
+  if (st == NATS_OK && src->creds) st = natsOptions_SetUserCredentialsFromFiles(o, src->creds, NULL);
+  if (st == NATS_OK && src->tls_ca) st = natsOptions_LoadCATrustedCertificates(o, src->tls_ca);
+  if (st == NATS_OK && src->tls_ca) st = natsOptions_SetSecure(o, true);
   if (st == NATS_OK) st = natsConnection_Connect(&nc, o);
   free(list);
   if (st != NATS_OK) {
@@ -462,7 +564,7 @@ int mg_lineage_export_nats(const char *url, const char *stream, const char *orig
   if (x.nsecs)
     qsort(x.secs, x.nsecs, sizeof *x.secs, cmp_sec);
   for (size_t i = 0; i < x.nsecs && !rc; i++)
-    rc = emit(&x.secs[i], out);
+    rc = emit(&x.secs[i], f, fmt, out);
   if (!rc && fflush(out))
     rc = out_err(out);
   if (!rc && origin && x.nsecs == 0)

@@ -245,8 +245,15 @@ bool mg_lineage_filter_is_empty(const struct mg_lineage_filter *f);
 int mg_lineage_export(struct mg_lineage_reader *r, const struct mg_lineage_filter *f,
                       enum mg_lineage_format fmt, FILE *out);
 
-/* Export from a JetStream stream (all origins, or one): same format, per origin. */
-int mg_lineage_export_nats(const char *url, const char *stream, const char *origin,
+/* Where an export from JetStream reads: url is one server or a comma-separated list;
+ * origin NULL = every origin in the stream; creds (a .creds file) and tls_ca (a CA bundle:
+ * TLS on) may be NULL. */
+struct mg_lineage_nats_source {
+  const char *url, *stream, *origin, *creds, *tls_ca;
+};
+/* Export from a JetStream stream: the same format as mg_lineage_export, per origin (in byte
+ * order of the origins); with filters or openlineage through a temporary local log. */
+int mg_lineage_export_nats(const struct mg_lineage_nats_source *src,
                            const struct mg_lineage_filter *f, enum mg_lineage_format fmt,
                            FILE *out);
 

@@ -163,8 +163,10 @@ static int cmd_lineage_export(int argc, char **argv) {
     {"since", required_argument, 0, 'S'}, {"until", required_argument, 0, 'U'},
     {"principal", required_argument, 0, 'p'}, {"product", required_argument, 0, 'P'},
     {"dataset", required_argument, 0, 'D'}, {"action", required_argument, 0, 'a'},
-    {"format", required_argument, 0, 'f'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-  const char *db = NULL, *nats = NULL, *stream = NULL, *origin = NULL;
+    {"format", required_argument, 0, 'f'}, {"creds", required_argument, 0, 'c'},
+    {"tls-ca", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+  const char *db = NULL, *nats = NULL, *stream = NULL, *origin = NULL, *creds = NULL,
+             *tls_ca = NULL;
   enum mg_lineage_format fmt = MG_LINEAGE_NDJSON;
   struct mg_lineage_filter f;
   mg_lineage_filter_init(&f);
@@ -176,6 +178,8 @@ static int cmd_lineage_export(int argc, char **argv) {
     case 'n': nats = optarg; break;
     case 's': stream = optarg; break;
     case 'o': origin = optarg; break;
+    case 'c': creds = optarg; break;
+    case 't': tls_ca = optarg; break;
     case 'S': if (parse_time_opt(optarg, &f.since_us)) return usage_error("lineage export", "--since: expected RFC 3339"); break;
     case 'U': if (parse_time_opt(optarg, &f.until_us)) return usage_error("lineage export", "--until: expected RFC 3339"); break;
     case 'p': f.principal = optarg; break;
@@ -192,13 +196,15 @@ static int cmd_lineage_export(int argc, char **argv) {
       else return usage_error("lineage export", "--format: expected ndjson or openlineage");
       break;
     case 'h':
-      printf("usage: meshgate lineage export [--db DIR | --nats URL --stream S [--origin O]]\n"
+      printf("usage: meshgate lineage export [--db DIR | --nats URL[,URL...] --stream S\n"
+             "         [--origin O] [--creds FILE] [--tls-ca FILE]]\n"
              "         [--since T] [--until T] [--principal P] [--product P] [--dataset D]\n"
              "         [--action read|write] [--format ndjson|openlineage]\n"
              "Writes the lineage export to stdout. Without filters (or with --since alone) the\n"
              "export is a contiguous range ending with a checkpoint that covers it; with filters\n"
              "each entry carries an inclusion proof. --db reads the local log (also while serve\n"
-             "runs); --nats reads the replicated stream.\n");
+             "runs); --nats reads the replicated stream, one section per origin (or --origin\n"
+             "only), with NATS credentials (--creds) and TLS verified against --tls-ca.\n");
       return 0;
     default: return usage_error("lineage export", "unknown option");
     }
@@ -206,7 +212,8 @@ static int cmd_lineage_export(int argc, char **argv) {
   if (optind != argc) return usage_error("lineage export", "unexpected argument");
   if (!db == !nats) return usage_error("lineage export", "exactly one of --db and --nats is required");
   if (nats && !stream) return usage_error("lineage export", "--nats needs --stream");
-  if (origin && !nats) return usage_error("lineage export", "--origin goes with --nats");
+  if ((origin || creds || tls_ca) && !nats)
+    return usage_error("lineage export", "--origin, --creds and --tls-ca go with --nats");
   mg_lineage_init();
   int rv;
   if (db) {
@@ -216,10 +223,9 @@ static int cmd_lineage_export(int argc, char **argv) {
     rv = mg_lineage_export(r, &f, fmt, stdout);
     mg_lineage_reader_close(r);
   } else {
-    if (!mg_lineage_filter_is_empty(&f) || fmt != MG_LINEAGE_NDJSON)
-      return die("lineage export --nats: filters and --format openlineage are not supported for "
-                 "the replicated stream in v1 (export it unfiltered, or use --db on the sidecar)");
-    rv = mg_lineage_export_nats(nats, stream, origin, &f, fmt, stdout);
+    struct mg_lineage_nats_source src = {.url = nats, .stream = stream, .origin = origin,
+                                         .creds = creds, .tls_ca = tls_ca};
+    rv = mg_lineage_export_nats(&src, &f, fmt, stdout);
   }
   if (fflush(stdout) != 0 && rv == 0) rv = -errno;
   if (rv == -EPIPE) return 1;

@@ -44,8 +44,9 @@ def free_port():
 
 
 class NatsCluster:
-    def __init__(self, n=3, name="mgtest", base=None):
+    def __init__(self, n=3, name="mgtest", base=None, extra_conf=""):
         self.n = n
+        self.extra_conf = extra_conf  # appended to every node's configuration (e.g. tls {})
         self.name = name
         self.dir = base or tempfile.mkdtemp(prefix="mg-nats-")
         self.ports = [free_port() for _ in range(n)]
@@ -66,6 +67,7 @@ class NatsCluster:
         if self.n > 1:
             text += ("cluster { name: %s, listen: 127.0.0.1:%d, routes: [%s] }\n"
                      % (self.name, self.cports[i], routes))
+        text += self.extra_conf
         with open(conf, "w") as f:
             f.write(text)
         return conf

@@ -50,7 +50,8 @@ def cluster():
 class Sidecar:
     """A meshgate with lineage.nats pointing at the cluster, and its upstream."""
 
-    def __init__(self, d, cluster, stream, subject, origin, retention_s=None):
+    def __init__(self, d, cluster, stream, subject, origin, retention_s=None, replicas=3,
+                 tls_ca=None):
         self.dir = str(d)
         os.makedirs(self.dir, exist_ok=True)
         self.cluster, self.stream, self.subject, self.origin = cluster, stream, subject, origin
@@ -62,8 +63,9 @@ class Sidecar:
                        {"prefix": "/healthz", "auth": "none"}],
             "lineage": {"origin": origin, "checkpoint_every_ms": 200,
                         "nats": dict({"servers": cluster.urls, "stream": stream,
-                                      "subject": subject, "replicas": 3},
-                                     **({"retention_s": retention_s} if retention_s else {}))},
+                                      "subject": subject, "replicas": replicas},
+                                     **({"retention_s": retention_s} if retention_s else {}),
+                                     **({"tls": {"ca": tls_ca}} if tls_ca else {}))},
         })
         self.vkey = os.path.join(self.dir, "keys", "lineage.vkey")
         self.mg = None
@@ -109,9 +111,9 @@ class Sidecar:
         raise AssertionError("readyz nats %s after %ss:\n%s"
                              % (n, timeout, mgtest.log_text(self.mg)[-3000:]))
 
-    def local_export(self):
+    def local_export(self, *extra):
         r = subprocess.run([mgtest.meshgate_bin(), "lineage", "export", "--db",
-                            os.path.join(self.dir, "var/lineage")],
+                            os.path.join(self.dir, "var/lineage")] + list(extra),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
         assert r.returncode == 0, r.stderr.decode()
         return r.stdout
@@ -179,11 +181,12 @@ def check_stream(cluster, stream, origin, local_lines):
     return len(idx)
 
 
-def nats_export(cluster, stream, origin=None):
+def nats_export(cluster, stream, origin=None, *extra):
     args = [mgtest.meshgate_bin(), "lineage", "export", "--nats", cluster.urls[0],
             "--stream", stream]
     if origin:
         args += ["--origin", origin]
+    args += list(extra)
     r = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
     assert r.returncode == 0, r.stderr.decode()
     return r.stdout
@@ -232,6 +235,17 @@ def test_steady_load_every_entry_once(cluster, tmp_path):
         sc.wait_backlog_zero()
         sc.stop()
         final_checks(sc, tmp_path, expect_min=6000)  # an access and an outcome entry each
+        # filters and OpenLineage from the stream: what the local log gives, byte for byte
+        for extra in (["--dataset", "orders_fact", "--action", "read"],
+                      ["--action", "read", "--format", "openlineage"]):
+            exp = nats_export(cluster, "REPL1", sc.origin, *extra)
+            assert exp == sc.local_export(*extra), extra
+            assert len(exp.splitlines()) >= 3000, (extra, exp[:300])
+        path = os.path.join(str(tmp_path), "filtered.ndjson")
+        with open(path, "wb") as f:
+            f.write(nats_export(cluster, "REPL1", None, "--dataset", "orders_fact"))
+        rc, err = verify(path, [sc.vkey])
+        assert rc == 0, err
     finally:
         sc.close()
 
@@ -378,3 +392,44 @@ def test_retention_prunes_acknowledged_entries(cluster, tmp_path):
         assert pruned + len(local_lines) <= len(stream_lines)
     finally:
         sc.close()
+
+
+def test_tls_server_ship_and_export(tmp_path):
+    """lineage.nats.tls and `lineage export --tls-ca`: a NATS server that requires TLS (the
+    dev CA's server certificate) gets every entry, the export over TLS is the local log, and
+    an export that does not trust the CA fails with exit 1."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    subprocess.run(["sh", os.path.join(os.path.dirname(__file__), "..", "..", "certs",
+                                       "mkcerts.sh"), str(pki)],
+                   check=True, stdout=subprocess.DEVNULL)
+    tls = ('tls { cert_file: "%s", key_file: "%s" }\n'
+           % (pki / "server.pem", pki / "server.key"))
+    c = nats_cluster.NatsCluster(1, extra_conf=tls).start()
+    sc = None
+    try:
+        sc = Sidecar(tmp_path / "a", c, "REPLTLS", "lineage.tls", "test.example/orders/tls",
+                     replicas=1, tls_ca=str(pki / "ca.pem"))
+        sc.start()
+        ok, failed, _ = load(sc, 200, conns=1, streams=4)
+        assert failed == 0 and ok == 200
+        sc.wait_backlog_zero()
+        sc.stop()
+        local_lines = entry_lines(sc.local_export())
+        assert len(local_lines) >= 400
+        exp = nats_export(c, "REPLTLS", sc.origin, "--tls-ca", str(pki / "ca.pem"))
+        assert entry_lines(exp) == local_lines
+        path = os.path.join(str(tmp_path), "tls-export.ndjson")
+        with open(path, "wb") as f:
+            f.write(exp)
+        rc, err = verify(path, [sc.vkey])
+        assert rc == 0, err
+        r = subprocess.run([mgtest.meshgate_bin(), "lineage", "export", "--nats", c.urls[0],
+                            "--stream", "REPLTLS"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60)
+        assert r.returncode == 1 and r.stdout == b"", r
+        assert b"cannot connect" in r.stderr, r.stderr
+    finally:
+        if sc:
+            sc.close()
+        c.stop()
