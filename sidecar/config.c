@@ -100,6 +100,8 @@ static const struct opt upstream_opts[] = {
   {"connections", T_INT, O(mg_config_upstream, connections), 0, 1, 64, 0, 0, 0, 0, 0, "upstream connections per worker (default 2)"},
   {"connect_timeout_ms", T_INT, O(mg_config_upstream, connect_timeout_ms), 0, 10, 60000, 0, 0, 0, 0, 0, "connect timeout -> 502 (default 2000)"},
   {"response_timeout_ms", T_INT, O(mg_config_upstream, response_timeout_ms), 0, 10, 3600000, 0, 0, 0, 0, 0, "time to response headers -> 504 (default 30000)"},
+  {"ping_interval_s", T_INT, O(mg_config_upstream, ping_interval_s), 0, 1, 3600, 0, 0, 0, 0, 0, "h2c: PING a connection silent this long (default 15)"},
+  {"ping_timeout_s", T_INT, O(mg_config_upstream, ping_timeout_s), 0, 1, 600, 0, 0, 0, 0, 0, "h2c: drop it (502 for its streams) without an answer this long (default 5)"},
   END};
 
 static const struct opt route_opts[] = {
@@ -404,6 +406,8 @@ static void set_defaults(struct mg_config *cfg) {
   cfg->upstream.connections = 2;
   cfg->upstream.connect_timeout_ms = 2000;
   cfg->upstream.response_timeout_ms = 30000;
+  cfg->upstream.ping_interval_s = 15;
+  cfg->upstream.ping_timeout_s = 5;
   cfg->policy_map_size_mb = 256;
   cfg->lineage_map_size_mb = 4096;
   cfg->durability = 0;

@@ -33,6 +33,8 @@ struct mg_config_upstream {
   int connections;           /* h2c connections per worker (default 2) */
   int connect_timeout_ms;    /* default 2000 -> 502 */
   int response_timeout_ms;   /* time to response headers, default 30000 -> 504 */
+  int ping_interval_s;       /* h2c: PING after this long without a frame (default 15) */
+  int ping_timeout_s;        /* ... and drop the connection without an answer (default 5) */
 };
 
 enum mg_route_auth { MG_ROUTE_AUTH_TOKEN = 0, MG_ROUTE_AUTH_NONE, MG_ROUTE_AUTH_MTLS };

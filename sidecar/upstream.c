@@ -13,6 +13,12 @@
  * request's ring and the downstream window opens as it goes out. The HTTP/1.1 leg lives
  * in upstream_h1.c and shares the pool object.
  *
+ * Liveness: a connection that has received nothing for upstream.ping_interval_s gets a
+ * PING; if still nothing (the ACK or any other frame) arrives within ping_timeout_s it is
+ * dropped, its streams answered 502, and the next request opens a new one. A product that
+ * vanished without a FIN or RST (a partition, a deleted pod) then costs seconds, not a
+ * response timeout per request until TCP gives up.
+ *
  * Upstream streams point at a small slot, not at the request: a request may be cancelled
  * while its HEADERS still wait in nghttp2's queue (no stream exists yet, so its user data
  * cannot be cleared). Cancelling empties the slot; the slot itself dies with the stream
@@ -48,6 +54,7 @@ struct mg_upconn {
   nghttp2_session *sess;
   int state;
   bool dead, flush_pending;
+  int64_t last_rx_us, ping_us;  /* last bytes received; the outstanding PING (0: none) */
   int nstreams;                 /* live slots */
   struct upslot *slots;
   struct mg_req *reqs;
@@ -556,6 +563,8 @@ static void uc_readcb(struct bufferevent *bev, void *arg) {
   int nv;
   if (uc->dead || !uc->sess)
     return;
+  uc->last_rx_us = mg_mono_now_us();
+  uc->ping_us = 0;
   while ((nv = evbuffer_peek(in, -1, NULL, v, 16)) > 0) {
     size_t total = 0;
     for (int i = 0; i < nv && i < 16; i++) {
@@ -573,6 +582,14 @@ static void uc_readcb(struct bufferevent *bev, void *arg) {
 
 static void uc_writecb(struct bufferevent *bev, void *arg) { uc_flush(arg); }
 
+/* upstream.ping_interval_s / ping_timeout_s in µs (a config built in code may leave 0) */
+static int64_t ping_interval_us(const struct mg_config *cfg) {
+  return (int64_t)(cfg->upstream.ping_interval_s > 0 ? cfg->upstream.ping_interval_s : 15) * 1000000;
+}
+static int64_t ping_timeout_us(const struct mg_config *cfg) {
+  return (int64_t)(cfg->upstream.ping_timeout_s > 0 ? cfg->upstream.ping_timeout_s : 5) * 1000000;
+}
+
 static void uc_connected(struct mg_upconn *uc) {
   struct mg_config *cfg = uc->pool->w->cfg;
   uint32_t win = (uint32_t)mg_tp_body_buffer(cfg);
@@ -583,7 +600,10 @@ static void uc_connected(struct mg_upconn *uc) {
   };
   int one = 1;
   evutil_socket_t fd = bufferevent_getfd(uc->bev);
+  struct timeval tv = {(time_t)(ping_interval_us(cfg) / 1000000), 0};
   evtimer_del(&uc->timer);
+  uc->last_rx_us = mg_mono_now_us();
+  evtimer_add(&uc->timer, &tv); /* liveness from now on */
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* fails harmlessly on unix */
   pthread_once(&client_once, client_init);
   if (nghttp2_session_client_new2(&uc->sess, client_cbs, uc, client_opt) != 0) {
@@ -612,10 +632,43 @@ static void uc_eventcb(struct bufferevent *bev, short events, void *arg) {
     uc_kill(uc, (events & BEV_EVENT_ERROR) ? mg_tp_connect_error(bev) : "connection closed");
 }
 
+/* Connect timeout, then liveness (see the header). */
 static void uc_timer_cb(evutil_socket_t fd, short what, void *arg) {
   struct mg_upconn *uc = arg;
-  if (uc->state == UC_CONNECTING)
+  struct mg_config *cfg = uc->pool->w->cfg;
+  (void)fd;
+  (void)what;
+  if (uc->dead)
+    return;
+  if (uc->state == UC_CONNECTING || !uc->sess) {
     uc_kill(uc, "connect timeout");
+    return;
+  }
+  int64_t now = mg_mono_now_us(), iv = ping_interval_us(cfg), to = ping_timeout_us(cfg), next;
+  if (uc->ping_us) {
+    if (now - uc->ping_us >= to) {
+      char why[64];
+      snprintf(why, sizeof why, "no answer to a PING within %d s", (int)(to / 1000000));
+      uc_kill(uc, why);
+      return;
+    }
+    next = uc->ping_us + to;
+  } else if (now - uc->last_rx_us >= iv) {
+    if (nghttp2_submit_ping(uc->sess, NGHTTP2_FLAG_NONE, NULL) != 0) {
+      uc_kill(uc, "out of memory");
+      return;
+    }
+    uc->ping_us = now;
+    uc_flush(uc);
+    if (uc->dead)
+      return;
+    next = now + to;
+  } else {
+    next = uc->last_rx_us + iv;
+  }
+  int64_t d = next > now ? next - now : 1000;
+  struct timeval tv = {(time_t)(d / 1000000), (suseconds_t)(d % 1000000)};
+  evtimer_add(&uc->timer, &tv);
 }
 
 static struct mg_upconn *uc_open(struct mg_uppool *p, char *why, size_t whylen) {

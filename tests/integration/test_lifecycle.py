@@ -8,6 +8,7 @@ Run: MESHGATE_BIN=.../meshgate /usr/bin/python3 -m pytest -q tests/integration/t
 import hashlib
 import json
 import os
+import select
 import signal
 import socket
 import stat
@@ -438,6 +439,109 @@ def test_upstream_slow_504_then_down_502(tmp_path):
         verify_db(gw)
     finally:
         gw.close()
+
+
+class FreezeProxy:
+    """A TCP relay to 127.0.0.1:port. freeze() stops relaying on the connections open now:
+    they stay open and silent, as a product that vanished without a FIN or an RST (a
+    partition, a deleted pod); connections opened later relay normally."""
+
+    def __init__(self, port):
+        self.target = port
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.pairs, self.lock, self.stopped = [], threading.Lock(), False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.ls.accept()
+                u = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                return
+            pair = {"c": c, "u": u, "frozen": False}
+            with self.lock:
+                self.pairs.append(pair)
+            threading.Thread(target=self._pump, args=(pair,), daemon=True).start()
+
+    def _pump(self, pair):
+        c, u = pair["c"], pair["u"]
+        try:
+            while not self.stopped:
+                if pair["frozen"]:
+                    time.sleep(0.05)
+                    continue
+                ready, _, _ = select.select([c, u], [], [], 0.1)
+                for sk in ready:
+                    if pair["frozen"]:
+                        break
+                    data = sk.recv(65536)
+                    if not data:
+                        return
+                    (u if sk is c else c).sendall(data)
+        except OSError:
+            return
+        finally:
+            if not pair["frozen"] or self.stopped:
+                c.close()
+                u.close()
+
+    def freeze(self):
+        with self.lock:
+            for p in self.pairs:
+                p["frozen"] = True
+            return len(self.pairs)
+
+    def close(self):
+        self.stopped = True
+        self.ls.close()
+        with self.lock:
+            for p in self.pairs:
+                p["c"].close()
+                p["u"].close()
+
+
+def test_upstream_silent_connection_dropped_by_ping(tmp_path):
+    """An h2c upstream connection that goes silent (no FIN, no RST) is PINGed after
+    upstream.ping_interval_s without a frame and dropped ping_timeout_s later: the request
+    waiting on it gets a 502 in seconds, not the 504 of response_timeout_ms, its outcome entry
+    says so, and the next request goes over a new connection."""
+    named = tmp_path / "up"
+    named.mkdir()
+    up = mgtest.start_upstream(named)
+    px = FreezeProxy(up.port)
+    gw = None
+    try:
+        gw = Gateway(tmp_path, {"routes": ATTACK_ROUTES, "workers": 1,
+                                "upstream": {"address": "127.0.0.1:%d" % px.port,
+                                             "connections": 1, "response_timeout_ms": 20000,
+                                             "ping_interval_s": 1, "ping_timeout_s": 1}})
+        t = tag()
+        assert gw.get("/echo?t=first-" + t).status == 200
+        time.sleep(2.5)  # idle: PINGed and answered, the connection stays
+        assert gw.get("/echo?t=idle-" + t).status == 200
+        assert px.freeze() == 1, "one upstream connection expected"
+        t0 = time.time()
+        r = gw.get("/echo?t=frozen-" + t)
+        took = time.time() - t0
+        assert r.status == 502, r
+        assert took < 6, took
+        assert "PING" in r.json()["detail"], r.body
+        acc, outs = _outcome_for(gw, "t=frozen-" + t)
+        assert len(outs) == 1 and outs[0]["status"] == 502, outs
+        r = gw.get("/echo?t=after-" + t)
+        assert r.status == 200, r
+        assert len(px.pairs) == 2  # a new connection
+        assert gw.mg.alive()
+        verify_db(gw)
+    finally:
+        if gw:
+            gw.close()
+        px.close()
+        mgtest.stop(up)
 
 
 def _localhost_first_family():
