@@ -84,6 +84,8 @@
 #define BACKOFF_MIN_MS     100
 #define BACKOFF_MAX_MS     5000
 #define AUDIT_EVERY_MS     1000
+#define AUDIT_MAX_MSGS     50000 /* per pass: a first read-back of a long stream is spread */
+#define SCAN_FULL          1     /* scan_cb: the pass read its maximum */
 
 enum rec_state { REC_PENDING = 0, REC_OK, REC_FAILED };
 
@@ -691,6 +693,8 @@ struct scanctx {
   struct span *v;
   size_t n, cap;
   uint64_t max_cp;
+  size_t msgs, max_msgs; /* messages read; stop after max_msgs (0: no limit) */
+  uint64_t last_seq;     /* of the last message read */
   int err;
 };
 
@@ -727,7 +731,14 @@ static int scan_msg(struct scanctx *c, natsMsg *m, uint64_t seq) {
   return scan_add(c, a, b, seq);
 }
 
-static int scan_cb(void *arg, natsMsg *m, uint64_t seq) { return scan_msg(arg, m, seq); }
+static int scan_cb(void *arg, natsMsg *m, uint64_t seq) {
+  struct scanctx *c = arg;
+  int rc = scan_msg(c, m, seq);
+  c->last_seq = seq;
+  if (!rc && c->max_msgs && ++c->msgs >= c->max_msgs)
+    return SCAN_FULL;
+  return rc;
+}
 
 static int cmp_span(const void *x, const void *y) {
   const struct span *a = x, *b = y;
@@ -919,9 +930,15 @@ static int audit(struct mg_shipper *s) {
   } else if (st != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr) {
     return MG_LINEAGE_E_NATS;
   }
-  struct scanctx c = {.s = s};
+  struct scanctx c = {.s = s, .max_msgs = AUDIT_MAX_MSGS};
   int rc = lseq < from ? 0 : mg_shipper_scan_opts(s->js, s->stream, s->full_subject, from, to,
                                                   SCAN_WAIT_MS, true, scan_cb, &c);
+  bool partial = rc == SCAN_FULL;
+  if (partial) {
+    /* read up to last_seq only: advance over what was seen, judge no hole yet */
+    rc = 0;
+    to = c.last_seq;
+  }
   if (rc) {
     free(c.v);
     return rc;
@@ -945,7 +962,7 @@ static int audit(struct mg_shipper *s) {
       new_s = c.v[j].seq - 1;
   /* acknowledged entries the stream does not hold */
   uint64_t hole = cur, max_seq = s->audit_hi;
-  for (; i <= c.n && hole < s->acked_p && !rc; i++) {
+  for (; !partial && i <= c.n && hole < s->acked_p && !rc; i++) {
     uint64_t end = i < c.n ? c.v[i].first : s->acked_p; /* exclusive */
     if (i < c.n && c.v[i].last < hole)
       continue;
