@@ -30,7 +30,7 @@ int mg_buf_reserve(struct mg_buf *b, size_t extra) {
   return 0;
 }
 
-int mg_buf_append(struct mg_buf *b, const void *data, size_t n) {
+int mg_buf_append_grow(struct mg_buf *b, const void *data, size_t n) {
   int rv = mg_buf_reserve(b, n);
   if (rv) return rv;
   if (n) memcpy(b->data + b->len, data, n);
@@ -38,8 +38,6 @@ int mg_buf_append(struct mg_buf *b, const void *data, size_t n) {
   b->data[b->len] = 0;
   return 0;
 }
-
-int mg_buf_appends(struct mg_buf *b, const char *s) { return mg_buf_append(b, s, strlen(s)); }
 
 int mg_buf_appendf(struct mg_buf *b, const char *fmt, ...) {
   va_list ap;
@@ -58,29 +56,39 @@ int mg_buf_appendf(struct mg_buf *b, const char *fmt, ...) {
   return 0;
 }
 
+/* 1 for the bytes a JSON string literal must escape: controls, '"', '\\', DEL. */
+static const unsigned char json_esc[256] = {
+  [0x00] = 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+  [0x10] = 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+  ['"'] = 1, ['\\'] = 1, [0x7f] = 1,
+};
+
 int mg_buf_append_json_str(struct mg_buf *b, const char *s, size_t n) {
+  /* the common case, nothing to escape, in one reservation and one copy */
   int rv = mg_buf_reserve(b, n + 2);
   if (rv) return rv;
   b->data[b->len++] = '"';
   size_t start = 0;
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)s[i];
-    if (c >= 0x20 && c != '"' && c != '\\' && c != 0x7f) continue;
-    if ((rv = mg_buf_append(b, s + start, i - start))) return rv;
+    if (!json_esc[c]) continue;
     char esc[8];
+    size_t el = 2;
     switch (c) {
-    case '"': rv = mg_buf_append(b, "\\\"", 2); break;
-    case '\\': rv = mg_buf_append(b, "\\\\", 2); break;
-    case '\n': rv = mg_buf_append(b, "\\n", 2); break;
-    case '\r': rv = mg_buf_append(b, "\\r", 2); break;
-    case '\t': rv = mg_buf_append(b, "\\t", 2); break;
+    case '"': memcpy(esc, "\\\"", 2); break;
+    case '\\': memcpy(esc, "\\\\", 2); break;
+    case '\n': memcpy(esc, "\\n", 2); break;
+    case '\r': memcpy(esc, "\\r", 2); break;
+    case '\t': memcpy(esc, "\\t", 2); break;
     default:
       snprintf(esc, sizeof esc, "\\u%04x", c);
-      rv = mg_buf_append(b, esc, 6);
+      el = 6;
     }
-    if (rv) return rv;
+    if ((rv = mg_buf_append(b, s + start, i - start)) || (rv = mg_buf_append(b, esc, el)))
+      return rv;
     start = i + 1;
   }
+  /* room for the rest, the quote and the NUL was reserved unless escapes grew it */
   if ((rv = mg_buf_append(b, s + start, n - start))) return rv;
   return mg_buf_append(b, "\"", 1);
 }

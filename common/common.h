@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -127,8 +128,19 @@ void mg_buf_init(struct mg_buf *b);
 void mg_buf_clear(struct mg_buf *b);            /* frees */
 static inline void mg_buf_reset(struct mg_buf *b) { b->len = 0; if (b->data) b->data[0] = 0; }
 int mg_buf_reserve(struct mg_buf *b, size_t extra); /* 0 or -ENOMEM */
-int mg_buf_append(struct mg_buf *b, const void *data, size_t n);
-int mg_buf_appends(struct mg_buf *b, const char *s);
+int mg_buf_append_grow(struct mg_buf *b, const void *data, size_t n);
+/* Appends n bytes (inline: lineage entries and access-log lines are built from many
+ * short pieces; the call is the cost when the buffer has room). 0 or -ENOMEM. */
+static inline int mg_buf_append(struct mg_buf *b, const void *data, size_t n) {
+  if (b->len + n + 1 > b->cap) return mg_buf_append_grow(b, data, n);
+  if (n) memcpy(b->data + b->len, data, n);
+  b->len += n;
+  b->data[b->len] = 0;
+  return 0;
+}
+static inline int mg_buf_appends(struct mg_buf *b, const char *s) {
+  return mg_buf_append(b, s, strlen(s));
+}
 int mg_buf_appendf(struct mg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends s as a JSON string literal, quotes included; bytes ≥ 0x80 are copied as is
  * (caller guarantees valid UTF-8), control characters escaped. */

@@ -441,6 +441,8 @@ class Bench:
         self.token = None
         self.admin_token = None
         self.meshgate_version = None
+        self.wrapper = []          # e.g. valgrind (profile.py --callgrind)
+        self.start_timeout = 10.0
 
     # -- setup
 
@@ -542,10 +544,10 @@ class Bench:
         if r.returncode != 0:
             raise Unavailable(f"serve --check exit {r.returncode}: "
                               f"{(r.stderr or r.stdout).strip()[-300:]}")
-        c.proc = self.procs.start(c.name, [str(mg), "serve", "-c", str(cfg_path)],
+        c.proc = self.procs.start(c.name, self.wrapper + [str(mg), "serve", "-c", str(cfg_path)],
                                   d / "meshgate.log")
-        wait_port(c.port, c.proc)
-        wait_port(admin_port, c.proc)
+        wait_port(c.port, c.proc, self.start_timeout)
+        wait_port(admin_port, c.proc, self.start_timeout)
         self.put_grant(admin_port)
 
     def put_grant(self, admin_port):

@@ -11,7 +11,10 @@ meshgate, then, --repeat times:
 and from meshgate's /metrics the lineage commits, entries and time in commit (so
 entries/commit and ms/commit). Medians are printed last. --perf records the closed-loop
 runs with `perf record -e cpu-clock -g` and prints the top symbols per thread; --strace
-counts meshgate's syscalls over one closed-loop run. Nothing is asserted.
+counts meshgate's syscalls over one closed-loop run. --callgrind runs meshgate under
+valgrind's callgrind instead and counts instructions over --n requests (counters zeroed
+after the warm-up): instructions per request are stable under any other load on the
+machine, for before/after comparisons; the top functions follow. Nothing is asserted.
 """
 import argparse
 import os
@@ -70,6 +73,8 @@ def main(argv):
     p.add_argument("--tmpdir", default="/var/tmp")
     p.add_argument("--perf", action="store_true")
     p.add_argument("--strace", action="store_true")
+    p.add_argument("--callgrind", action="store_true",
+                   help="instructions per request under callgrind (use --n 2000 or so)")
     p.add_argument("--flat", action="store_true",
                    help="--perf without call graphs (meshgate has no frame pointers: the "
                         "flat profile names meshgate's own functions more reliably)")
@@ -86,6 +91,10 @@ def main(argv):
     ba = bench.parse_args(["--meshgate", a.meshgate, "--tmpdir", a.tmpdir,
                            "--workers", str(a.workers)])
     b = bench.Bench(ba)
+    if a.callgrind:
+        b.wrapper = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--instr-atstart=no",
+                     f"--callgrind-out-file={b.tmp}/cg.out"]
+        b.start_timeout = 120.0
     res = {"rps": [], "p50": [], "p99": [], "cpu": [], "fp50": [], "fp99": [], "fup50": [],
            "fup99": []}
     try:
@@ -95,8 +104,11 @@ def main(argv):
         admin = c.info["config"]["admin"]["address"].rsplit(":", 1)[1]
         pid = c.proc.pid
         url = c.url(a.path)
-        bench.run_h2load(url, {"c": 4, "m": 32, "n": 5000}, b.token, b.tmp / "w.tsv", 60)
+        bench.run_h2load(url, {"c": 4, "m": 32, "n": 500 if a.callgrind else 5000}, b.token,
+                         b.tmp / "w.tsv", 600)
         upurl = f"http://127.0.0.1:{b.up_port}{a.path}"
+        if a.callgrind:
+            return callgrind_run(a, b, pid, url)
         if a.timeline:
             st = subprocess.Popen(["strace", "-f", "-tt", "-T", "-o", "/tmp/meshgate-timeline.strace",
                                    "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -191,7 +203,41 @@ def main(argv):
             print((b.tmp / "strace.txt").read_text())
     finally:
         b.procs.stop_all()
-        subprocess.run(["rm", "-rf", str(b.tmp)])
+        if not os.environ.get("MG_PROFILE_KEEP"):
+            subprocess.run(["rm", "-rf", str(b.tmp)])
+    return 0
+
+
+def callgrind_run(a, b, pid, url):
+    """Instrumentation on (start-up and warm-up ran without it), --n requests, dump; prints
+    instructions per request and the top functions by self cost."""
+    subprocess.run(["callgrind_control", "-i", "on", str(pid)], capture_output=True, timeout=60)
+    r = bench.run_h2load(url, {"c": a.conns, "m": a.streams, "n": a.n}, b.token,
+                         b.tmp / "c.tsv", 1200)
+    done = r.get("done", 0) or 1
+    time.sleep(1)  # outcome entries and their group commit
+    subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, timeout=120)
+    dumps = sorted(b.tmp.glob("cg.out.*"))  # cg.out.1: the dump above (cg.out: at exit)
+    if not dumps or not r.get("ok"):
+        print(f"callgrind: no dump or the run failed ({r.get('error')})")
+        return 1
+    rep = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=95",
+                          str(dumps[-1])],
+                         capture_output=True, text=True)
+    total = 0
+    for line in rep.stdout.splitlines():
+        if "PROGRAM TOTALS" in line:
+            total = int(line.split()[0].replace(",", ""))
+    print(f"callgrind {a.durability} {a.path}: {done} requests, {total:,} instructions, "
+          f"{total / done:,.0f} per request (every thread of meshgate)")
+    shown = 0
+    for line in rep.stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0].replace(",", "").isdigit() and "PROGRAM TOTALS" not in line:
+            print("   " + line.strip())
+            shown += 1
+            if shown >= 25:
+                break
     return 0
 
 

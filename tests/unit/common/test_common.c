@@ -130,6 +130,19 @@ static void test_buf_json(void **state) {
   mg_buf_append_json_str(&b, "a\"b\\c\n\x01\x7f", 8);
   assert_string_equal(b.data, "\"a\\\"b\\\\c\\n\\u0001\\u007f\"");
   mg_buf_clear(&b);
+  /* \r, \t, 0x1f, UTF-8 copied as is, appended after existing bytes */
+  mg_buf_appends(&b, "x");
+  mg_buf_append_json_str(&b, "\r\t\x1f \xc3\xa9", 6);
+  assert_string_equal(b.data, "x\"\\r\\t\\u001f \xc3\xa9\"");
+  mg_buf_clear(&b);
+  /* escapes grow the buffer past its first reservation */
+  char q[1000];
+  memset(q, '"', sizeof q);
+  assert_int_equal(mg_buf_append_json_str(&b, q, sizeof q), 0);
+  assert_int_equal(b.len, 2 + 2 * sizeof q);
+  assert_int_equal(b.data[b.len], 0);
+  assert_true(b.data[0] == '"' && b.data[1] == '\\' && b.data[2] == '"' && b.data[b.len - 1] == '"');
+  mg_buf_clear(&b);
   char hex[9];
   mg_hex_encode((const uint8_t *)"\x01\xab\xff\x00", 4, hex);
   assert_string_equal(hex, "01abff00");
