@@ -182,6 +182,11 @@ bool mg_utf8_valid(const char *str, size_t n) {
   const unsigned char *s = (const unsigned char *)str;
   size_t i = 0;
   while (i < n) {
+    if (i + 8 <= n) { /* ASCII, eight bytes at a time */
+      uint64_t w;
+      memcpy(&w, s + i, 8);
+      if (!(w & 0x8080808080808080ULL)) { i += 8; continue; }
+    }
     unsigned char c = s[i];
     if (c < 0x80) { i++; continue; }
     size_t len;

@@ -121,6 +121,11 @@ static void test_utf8(void **state) {
   assert_false(mg_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
   assert_false(mg_utf8_valid("\xc3", 1));
   assert_false(mg_utf8_valid("\xff", 1));
+  /* past the eight-byte ASCII stride */
+  assert_true(mg_utf8_valid("abcdefgh\xc3\xa9ijklmnop", 18));
+  assert_false(mg_utf8_valid("abcdefghij\xff", 11));
+  assert_false(mg_utf8_valid("abcdefgh\xed\xa0\x80", 11));
+  assert_false(mg_utf8_valid("abcdefghabcdefgh\xc3", 17));
 }
 
 static void test_buf_json(void **state) {
