@@ -145,6 +145,7 @@ struct mg_shipper {
   uint64_t reported; /* last V given to on_ack */
   bool synced;       /* a resync succeeded since the last (re)connect / error */
   bool audit_failing;
+  bool limits;       /* the stream has max_age/max_msgs/max_bytes: no read-back (audit) */
   bool defer_ack;    /* in mg_shipper_start: on_ack runs on the shipper thread only */
 
   _Atomic uint64_t stat_acked;
@@ -578,9 +579,12 @@ static int setup_stream(struct mg_shipper *s, char *why, size_t whylen) {
     why[0] = 0;
   if (why[0])
     rc = MG_LINEAGE_E_NATS - 1000; /* marker: configuration, not connectivity */
-  else if (c->MaxAge || c->MaxMsgs > 0 || c->MaxBytes > 0)
-    mg_warn("lineage nats: stream %s has limits (max_age/max_msgs/max_bytes): old lineage will "
-            "age out of the replica", s->stream);
+  else if ((s->limits = c->MaxAge || c->MaxMsgs > 0 || c->MaxBytes > 0 ||
+                       c->MaxMsgsPerSubject > 0))
+    mg_warn("lineage nats: stream %s has limits (max_age/max_msgs/max_bytes/"
+            "max_msgs_per_subject): old lineage will age out of the replica, and the read-back "
+            "cannot tell aged-out messages from lost ones, so it trusts acknowledgements",
+            s->stream);
   jsStreamInfo_Destroy(si);
   return rc;
 }
@@ -915,6 +919,14 @@ out:
 /* One read-back pass (see the header): extends V over what the stream holds, re-sends
  * acknowledged entries it lacks. Shipper thread. 0 or an error (retried next period). */
 static int audit(struct mg_shipper *s) {
+  if (s->limits) { /* aged-out messages would look lost: the acknowledgement is all there is */
+    if (s->acked_p > s->ver_p) {
+      s->ver_p = s->acked_p;
+      s->ver_s = s->acked_s;
+      report_ack(s);
+    }
+    return 0;
+  }
   uint64_t to = MG_MAX(s->acked_s, s->audit_hi), from = s->ver_s + 1;
   if (from > to || (s->ver_p >= s->acked_p && s->audit_hi <= s->ver_s))
     return 0;

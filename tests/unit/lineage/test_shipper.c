@@ -589,9 +589,6 @@ static void test_stream_checks(void **st) {
   natsConnection_Destroy(nc);
 }
 
-/* A message lost in flight while the next one was stored (what a leader change or a
- * dropped connection can do): the stream holds [5,9] with a resume base of 0. The shipper
- * must re-send [0,4] once, then continue at 10, and the export must be in index order. */
 /* Makes `stream` (a shipper of another origin creates it). */
 static void make_stream(const char *stream, const char *subject) {
   struct acks a;
@@ -649,6 +646,9 @@ static void publish_5_to_9(struct tlog *t, const char *stream, const char *subje
   publish_entries(t, subject, 5, 9, 0, 0);
 }
 
+/* A message lost in flight while the next one was stored (what a leader change or a
+ * dropped connection can do): the stream holds [5,9] with a resume base of 0. The shipper
+ * must re-send [0,4] once, then continue at 10, and the export must be in index order. */
 static void test_hole_repair(void **st) {
   (void)st;
   struct acks a;
@@ -739,6 +739,63 @@ static void test_lost_after_ack(void **st) {
   tlog_reopen(t);
   assert_stream_exact("LIN11", "lin.eleven", t->origin, 28, false, NULL);
   tlog_close(t);
+}
+
+/* A stream with limits (here max_msgs 3) lets an origin's oldest messages age out. The
+ * read-back cannot tell that from a loss, so it follows the acknowledgements and re-sends
+ * nothing (no churn: the stream stays at its limit). The unfiltered --nats export starts at
+ * the lowest index held; a filtered one refuses the origin (its tree needs index 0). */
+static void test_aged_out(void **st) {
+  (void)st;
+  natsConnection *nc = NULL;
+  jsCtx *js = js_open(&nc);
+  jsStreamConfig sc;
+  jsStreamInfo *si = NULL;
+  const char *subjects[1] = {"lin.twelve.>"};
+  jsStreamConfig_Init(&sc);
+  sc.Name = "LIN12";
+  sc.Subjects = subjects;
+  sc.SubjectsLen = 1;
+  sc.Storage = js_FileStorage;
+  sc.Replicas = 3;
+  sc.DenyDelete = sc.DenyPurge = true;
+  sc.Duplicates = 120LL * 1000000000LL;
+  sc.MaxMsgs = 3;
+  assert_int_equal(js_AddStream(&si, js, &sc, NULL, NULL), NATS_OK);
+  jsStreamInfo_Destroy(si);
+  struct acks a;
+  struct tlog *t = tlog_open("lineage.example/aged");
+  struct mg_shipper *s = ship(t, "LIN12", "lin.twelve", &a);
+  for (uint64_t g = 1; g <= 6; g++) {
+    tlog_append(t, 10);
+    assert_true(wait_acked(s, 10 * g, 20000));
+  }
+  assert_int_equal(tlog_checkpoint(t), 60);
+  assert_true(wait_verified(s, 60, 20000));
+  usleep(2500000); /* two more read-back passes: nothing re-sent */
+  tlog_reopen(t);
+  si = NULL;
+  assert_int_equal(js_GetStreamInfo(&si, js, "LIN12", NULL, NULL), NATS_OK);
+  assert_true(si->State.Msgs <= 3);
+  assert_true(si->State.LastSeq <= 2 + 6 + 2); /* the other shipper's, 6 groups, checkpoints */
+  jsStreamInfo_Destroy(si);
+  int rc = 0;
+  char *ex = export_to_string("LIN12", t->origin, &rc);
+  assert_int_equal(rc, 0);
+  assert_null(strstr(ex, "\"index\":0,"));
+  assert_non_null(strstr(ex, "\"index\":59,"));
+  free(ex);
+  struct mg_lineage_filter f;
+  mg_lineage_filter_init(&f);
+  f.principal = "user:tester";
+  struct mg_lineage_nats_source src = {.url = cl_url, .stream = "LIN12", .origin = t->origin};
+  FILE *devnull = fopen("/dev/null", "w");
+  assert_int_equal(mg_lineage_export_nats(&src, &f, MG_LINEAGE_NDJSON, devnull),
+                   MG_LINEAGE_E_RANGE);
+  fclose(devnull);
+  tlog_close(t);
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
 }
 
 /* No server at start-up: not an error, the backlog grows; shipping starts when a server
@@ -1139,6 +1196,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_hole_repair),
       cmocka_unit_test(test_hole_below_pruned),
       cmocka_unit_test(test_lost_after_ack),
+      cmocka_unit_test(test_aged_out),
       cmocka_unit_test(test_unreachable_at_start),
       cmocka_unit_test(test_two_origins_export),
       cmocka_unit_test(test_shared_stream),
