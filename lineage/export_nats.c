@@ -376,14 +376,20 @@ static int emit_filtered(struct osec *sec, uint64_t cover, const struct mg_linea
   const char *td = getenv("TMPDIR");
   char dir[4096], path[4200];
   snprintf(dir, sizeof dir, "%s/meshgate-export-XXXXXX", td && *td ? td : "/tmp");
-  if (!mkdtemp(dir))
-    return -errno;
+  if (!mkdtemp(dir)) {
+    int e = errno;
+    mg_error("lineage export: a filtered export from the stream needs a temporary directory: "
+             "%s: %s (set TMPDIR)", dir, strerror(e));
+    return -e;
+  }
   struct stat st;
   uint64_t bytes = fstat(fileno(sec->tmp), &st) == 0 ? (uint64_t)st.st_size : 0;
   /* lines, two B-tree copies' worth of slack, ~2 nodes of 41 bytes + overhead per entry */
   size_t map_mb = (size_t)((3 * bytes + 256 * cover) >> 20) + 64;
   struct mg_lineage_log *log = NULL;
   int rc = mg_lineage_log_open(dir, map_mb, false, &log);
+  if (rc)
+    mg_error("lineage export: temporary log in %s: %s", dir, mg_strerror(rc));
   if (!rc) {
     mdb_env_set_flags(log->env, MDB_NOSYNC, 1); /* a scratch copy: no flushes */
     rc = import_section(sec, cover, log);

@@ -246,6 +246,13 @@ def test_steady_load_every_entry_once(cluster, tmp_path):
             f.write(nats_export(cluster, "REPL1", None, "--dataset", "orders_fact"))
         rc, err = verify(path, [sc.vkey])
         assert rc == 0, err
+        # a filtered export needs scratch space: without it, exit 1 and a reason
+        r = subprocess.run([mgtest.meshgate_bin(), "lineage", "export", "--nats",
+                            cluster.urls[0], "--stream", "REPL1", "--action", "read"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120,
+                           env=dict(os.environ, TMPDIR=str(tmp_path / "missing" / "dir")))
+        assert r.returncode == 1 and r.stdout == b"", r
+        assert b"TMPDIR" in r.stderr, r.stderr
     finally:
         sc.close()
 
