@@ -141,6 +141,7 @@ struct mg_shipper {
   uint64_t ver_p;    /* V: every entry < V was read back from the stream */
   uint64_t ver_s;    /* every message of ours with an entry >= V has a sequence > this */
   uint64_t audit_hi; /* highest sequence of an audit's re-sent message */
+  uint64_t hole_logged; /* 1 + first index of the last lost range logged (0: none) */
   int64_t audit_due_us;
   uint64_t reported; /* last V given to on_ack */
   bool synced;       /* a resync succeeded since the last (re)connect / error */
@@ -980,9 +981,11 @@ static int audit(struct mg_shipper *s) {
       continue;
     if (end > hole) {
       uint64_t hl = MG_MIN(end, s->acked_p) - 1;
-      mg_error("lineage nats: stream %s lost entries %" PRIu64 "-%" PRIu64 " of %s after "
-               "acknowledging them: re-sending them from the local log", s->stream, hole, hl,
-               s->origin);
+      if (s->hole_logged != hole + 1) /* once per range, not once per failed retry */
+        mg_error("lineage nats: stream %s lost entries %" PRIu64 "-%" PRIu64 " of %s after "
+                 "acknowledging them: re-sending them from the local log", s->stream, hole,
+                 hl, s->origin);
+      s->hole_logged = hole + 1;
       rc = fill_hole(s, hole, hl, s->acked_p, s->acked_s, to, &max_seq);
     }
     if (i < c.n)
