@@ -115,8 +115,9 @@ struct mg_lineage_config {
   int deny_entries_per_s;       /* per peer address; beyond: one summary per s per (peer, reason) */
   size_t max_group;             /* max entries per commit group, 0 = default (1024;
                                    8192 in async, where groups only amortise fsyncs) */
-  int64_t retention_s;          /* > 0: entries JetStream acknowledged and older than this
-                                   are pruned from the local log (0: never) */
+  int64_t retention_s;          /* > 0: entries the shipper's audit read back from the
+                                   stream and older than this are pruned from the local
+                                   log (0: never) */
 };
 /* Notes on the writer (writer.c):
  * - The deny budget is per client address (peer without the port: a client opening new

@@ -625,10 +625,10 @@ static bool in_frontier(uint64_t p, uint64_t last, unsigned level) {
 }
 
 /* In the group's transaction: deletes entries from *pruned on while they are below limit
- * (acknowledged by JetStream, and never the newest entry) and older than cutoff, at most
- * budget of them, then every subtree hash ending before the new start except its
- * frontier, and records meta "pruned". Deletion follows a re-positioned cursor (SET_RANGE)
- * rather than relying on a cursor's position after a delete. */
+ * (read back from the stream by the shipper's audit, and never the newest entry) and
+ * older than cutoff, at most budget of them, then every subtree hash ending before the new
+ * start except its frontier, and records meta "pruned". Deletion follows a re-positioned
+ * cursor (SET_RANGE) rather than relying on a cursor's position after a delete. */
 static int prune(struct mg_lineage_writer *w, MDB_txn *txn, uint64_t limit, int64_t cutoff,
                  size_t budget, uint64_t *pruned) {
   uint64_t p = *pruned;

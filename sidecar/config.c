@@ -139,7 +139,7 @@ static const struct opt nats_opts[] = {
   {"stream", T_STR, O(mg_config_nats, stream), 0, 0, 0, 0, 0, 0, 0, 0, "JetStream stream (default LINEAGE)"},
   {"subject", T_STR, O(mg_config_nats, subject), 0, 0, 0, 0, 0, 0, 0, 0, "subject prefix, required"},
   {"replicas", T_INT, O(mg_config_nats, replicas), 0, 1, 5, 0, 0, 0, 0, 0, "stream replicas (default 3)"},
-  {"retention_s", T_INT, O(mg_config_nats, retention_s), 0, 0, INT32_MAX, 0, 0, 0, 0, 0, "prune local entries JetStream acknowledged once older than this (default 0: keep all)"},
+  {"retention_s", T_INT, O(mg_config_nats, retention_s), 0, 0, INT32_MAX, 0, 0, 0, 0, 0, "prune local entries read back from the stream once older than this (default 0: keep all)"},
   {"creds", T_PATH, O(mg_config_nats, creds), 0, 0, 0, 0, 0, 0, true, 0, "NATS credentials file"},
   {"tls", T_CUSTOM, 0, 0, 0, 0, 0, 0, 0, true, parse_nats_tls, "{\"ca\": PATH} to verify the NATS server"},
   END};

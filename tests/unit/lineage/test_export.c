@@ -358,8 +358,8 @@ static void test_proofs_json(void **state) {
   mg_lineage_reader_close(r);
 }
 
-/* Retention: entries JetStream acknowledged and older than retention_s leave the local log
- * (here acknowledged by hand, as the shipper does); what stays is provable: the export starts
+/* Retention: entries read back from the stream and older than retention_s leave the local
+ * log (here reported by hand, as the shipper's audit does); what stays is provable: the export starts
  * with the prefix frontier and verifies, filtered exports' inclusion proofs verify, a
  * consistency proof from a size past the pruned point exists, the writer reopens on it. */
 static void test_pruned(void **state) {
