@@ -205,7 +205,11 @@ def final_checks(sc, tmp, expect_min=1):
     local = sc.local_export()
     local_lines = entry_lines(local)
     assert len(local_lines) >= expect_min
-    n = check_stream(sc.cluster, sc.stream, sc.origin, local_lines)
+    try:
+        n = check_stream(sc.cluster, sc.stream, sc.origin, local_lines)
+    except AssertionError as ex:  # with the sidecar's last words, for a run that cannot be repeated
+        raise AssertionError("%s\nmeshgate log (tail):\n%s"
+                             % (ex, mgtest.log_text(sc.mg)[-4000:])) from ex
     assert n == len(local_lines), "stream holds %d of %d entries" % (n, len(local_lines))
     exp = nats_export(sc.cluster, sc.stream, sc.origin)
     path = os.path.join(str(tmp), "nats-export.ndjson")
