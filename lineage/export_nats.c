@@ -323,7 +323,7 @@ static int import_section(struct osec *sec, uint64_t cover, struct mg_lineage_lo
   mg_merkle_frontier_init(&fr);
   if (fflush(sec->tmp) || fseek(sec->tmp, 0, SEEK_SET))
     return -errno;
-  for (uint64_t idx = 0; idx < cover && !rc; idx++) {
+  for (uint64_t idx = 0; idx < cover && !rc && !mrc; idx++) {
     if (!txn && (mrc = mg_lineage_log_txn(log, true, &txn)))
       break;
     ssize_t n = getline(&line, &cap, sec->tmp);
@@ -331,14 +331,7 @@ static int import_section(struct osec *sec, uint64_t cover, struct mg_lineage_lo
       rc = MG_LINEAGE_E_FORMAT;
       break;
     }
-    uint8_t kb[8], leaf[MG_HASH_LEN];
-    struct mg_lineage_nodes_ctx nc = {log, txn};
-    mg_be64(idx, kb);
-    MDB_val k = {8, kb}, v = {(size_t)n - 1, line};
-    if ((mrc = mdb_put(txn, log->entries, &k, &v, MDB_APPEND)))
-      break;
-    mg_merkle_leaf_hash(line, (size_t)n - 1, leaf);
-    rc = mg_merkle_frontier_append(&fr, leaf, mg_lineage_log_put_node, &nc);
+    rc = mg_lineage_log_append_txn(log, txn, &fr, idx, line, (size_t)n - 1);
     if (!rc && (idx + 1) % IMPORT_TXN_ENTRIES == 0) {
       mrc = mdb_txn_commit(txn);
       txn = NULL;
@@ -349,10 +342,7 @@ static int import_section(struct osec *sec, uint64_t cover, struct mg_lineage_lo
   for (size_t i = 0; i < sec->ncps && !rc && !mrc; i++) {
     if (sec->cps[i].size > cover)
       break;
-    uint8_t kb[8];
-    mg_be64(sec->cps[i].size, kb);
-    MDB_val k = {8, kb}, v = {strlen(sec->cps[i].note), sec->cps[i].note};
-    mrc = mdb_put(txn, log->checkpoints, &k, &v, 0);
+    rc = mg_lineage_log_put_checkpoint_txn(log, txn, sec->cps[i].size, sec->cps[i].note);
   }
   if (!rc && !mrc) {
     mrc = mdb_txn_commit(txn);

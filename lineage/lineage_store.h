@@ -109,6 +109,14 @@ int mg_lineage_log_meta_get_str(struct mg_lineage_log *log, MDB_txn *txn, const 
                                 char **v);
 int mg_lineage_log_meta_put_str(struct mg_lineage_log *log, MDB_txn *txn, const char *key,
                                 const char *v);
+/* Puts entry line `index` (the log's next index: MDB_APPEND) and appends its leaf to fr,
+ * storing every subtree hash that completes (the writer, and a stream's import). */
+int mg_lineage_log_append_txn(struct mg_lineage_log *log, MDB_txn *txn,
+                              struct mg_merkle_frontier *fr, uint64_t index, const char *line,
+                              size_t len);
+/* Stores the signed checkpoint note of a tree of `size` entries. */
+int mg_lineage_log_put_checkpoint_txn(struct mg_lineage_log *log, MDB_txn *txn, uint64_t size,
+                                      const char *note);
 /* The latest checkpoint with size <= max_size within txn; MG_ERR_NOTFOUND if none. */
 int mg_lineage_log_checkpoint_txn(struct mg_lineage_log *log, MDB_txn *txn, uint64_t max_size,
                                   char **note, uint64_t *size);

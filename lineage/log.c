@@ -375,7 +375,29 @@ int mg_lineage_log_meta_put_str(struct mg_lineage_log *log, MDB_txn *txn, const 
   return rc ? mg_lineage_log_err(rc) : 0;
 }
 
+int mg_lineage_log_append_txn(struct mg_lineage_log *log, MDB_txn *txn,
+                              struct mg_merkle_frontier *fr, uint64_t index, const char *line,
+                              size_t len) {
+  uint8_t leaf[MG_HASH_LEN], kb[8];
+  struct mg_lineage_nodes_ctx nc = {log, txn};
+  mg_merkle_leaf_hash(line, len, leaf);
+  mg_be64(index, kb);
+  MDB_val k = {8, kb}, v = {len, (void *)line};
+  int rc = mdb_put(txn, log->entries, &k, &v, MDB_APPEND);
+  if (rc) return mg_lineage_log_err(rc);
+  return mg_merkle_frontier_append(fr, leaf, mg_lineage_log_put_node, &nc);
+}
+
 /* ---- checkpoints -------------------------------------------------------------- */
+
+int mg_lineage_log_put_checkpoint_txn(struct mg_lineage_log *log, MDB_txn *txn, uint64_t size,
+                                      const char *note) {
+  uint8_t kb[8];
+  mg_be64(size, kb);
+  MDB_val k = {8, kb}, v = {strlen(note), (void *)note};
+  int rc = mdb_put(txn, log->checkpoints, &k, &v, 0);
+  return rc ? mg_lineage_log_err(rc) : 0;
+}
 
 int mg_lineage_log_checkpoint_txn(struct mg_lineage_log *log, MDB_txn *txn, uint64_t max_size,
                                   char **note, uint64_t *size) {

@@ -558,13 +558,9 @@ static int sign(struct mg_lineage_writer *w, const struct mg_merkle_frontier *fr
 
 static int put_checkpoint(struct mg_lineage_writer *w, MDB_txn *txn, uint64_t size,
                           const char *note) {
-  uint8_t kb[8];
-  mg_be64(size, kb);
-  MDB_val k = {8, kb}, v = {strlen(note), (void *)note};
-  int rc = mdb_put(txn, w->log->checkpoints, &k, &v, 0);
-  if (rc) return mg_lineage_log_err(rc);
-  if (w->rotate) return mg_lineage_log_meta_put_str(w->log, txn, "key", w->vkey);
-  return 0;
+  int rc = mg_lineage_log_put_checkpoint_txn(w->log, txn, size, note);
+  if (!rc && w->rotate) rc = mg_lineage_log_meta_put_str(w->log, txn, "key", w->vkey);
+  return rc;
 }
 
 /* ---- acknowledgement after the flush -------------------------------------------------- */
@@ -739,22 +735,14 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
     rc = mg_lineage_log_err(mrc);
     goto failed;
   }
-  struct mg_lineage_nodes_ctx nc = {w->log, txn};
   for (it = list; it; it = it->next) {
     if (it->skip) continue;
     uint64_t idx = fr.size, of = 0;
     if (it->kind == K_OUTCOME) of = atomic_load(&it->rec->index);
     mg_buf_reset(&w->line);
-    if ((rc = mg_lineage_tmpl_finish(&it->t, idx, of, ts, tl, &w->line))) goto abort;
-    uint8_t leaf[MG_HASH_LEN], kb[8];
-    mg_merkle_leaf_hash(w->line.data, w->line.len, leaf);
-    mg_be64(idx, kb);
-    MDB_val k = {8, kb}, v = {w->line.len, w->line.data};
-    if ((mrc = mdb_put(txn, w->log->entries, &k, &v, MDB_APPEND))) {
-      rc = mg_lineage_log_err(mrc);
+    if ((rc = mg_lineage_tmpl_finish(&it->t, idx, of, ts, tl, &w->line)) ||
+        (rc = mg_lineage_log_append_txn(w->log, txn, &fr, idx, w->line.data, w->line.len)))
       goto abort;
-    }
-    if ((rc = mg_merkle_frontier_append(&fr, leaf, mg_lineage_log_put_node, &nc))) goto abort;
     it->index = idx;
     if (it->kind == K_ACCESS && it->rec) atomic_store(&it->rec->index, idx);
   }
