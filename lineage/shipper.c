@@ -836,6 +836,13 @@ static int resync(struct mg_shipper *s) {
       c.n = 0; /* the scan sees the last message again */
       rc = mg_shipper_scan(s->js, s->stream, s->full_subject, base_s + 1, lseq, SCAN_WAIT_MS,
                            scan_cb, &c);
+      if (!rc && c.last_seq < lseq) {
+        /* stopped early on a pending count of 0 (see audit()): holes judged from this read
+         * could be messages it never delivered */
+        mg_warn("lineage nats: reading stream %s stopped at sequence %" PRIu64 " before %" PRIu64
+                ": resynchronising again", s->stream, c.last_seq, lseq);
+        rc = MG_LINEAGE_E_NATS;
+      }
       if (rc)
         goto out;
     }
@@ -943,14 +950,23 @@ static int audit(struct mg_shipper *s) {
   } else if (st != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr) {
     return MG_LINEAGE_E_NATS;
   }
+  /* messages above the subject's last one do not exist (lost with a leader): read to it */
+  if (lseq < to)
+    to = lseq;
   struct scanctx c = {.s = s, .max_msgs = AUDIT_MAX_MSGS};
-  int rc = lseq < from ? 0 : mg_shipper_scan_opts(s->js, s->stream, s->full_subject, from, to,
-                                                  SCAN_WAIT_MS, true, scan_cb, &c);
+  int rc = to < from ? 0 : mg_shipper_scan_opts(s->js, s->stream, s->full_subject, from, to,
+                                                SCAN_WAIT_MS, true, scan_cb, &c);
   bool partial = rc == SCAN_FULL;
   if (partial) {
     /* read up to last_seq only: advance over what was seen, judge no hole yet */
     rc = 0;
     to = c.last_seq;
+  } else if (!rc && to >= from && c.last_seq < to) {
+    /* the consumer said nothing was pending before the read reached `to` (nats-server 2.9
+     * can misreport a filtered consumer's pending count after a restart): a hole judged
+     * from this read could be a message it never delivered, and re-sending it would store
+     * it twice. Read again next pass. */
+    rc = MG_LINEAGE_E_NATS;
   }
   if (rc) {
     free(c.v);
