@@ -211,11 +211,25 @@ static bool is_grpc(const char *ct) {
   return ct && strncmp(ct, "application/grpc", 16) == 0 && (ct[16] == 0 || ct[16] == '+' || ct[16] == ';');
 }
 
+/* gRPC's own path shape, "/package.Service/Method": two segments, a dotted service name,
+ * no query. */
+static bool grpc_shaped(const char *path, size_t path_len) {
+  if (path_len < 4 || path[0] != '/') return false;
+  const char *slash = memchr(path + 1, '/', path_len - 1);
+  if (!slash || slash == path + 1 || (size_t)(slash - path) + 1 >= path_len) return false;
+  if (memchr(slash + 1, '/', path_len - (size_t)(slash + 1 - path))) return false;
+  if (memchr(path, '?', path_len)) return false;
+  return memchr(path + 1, '.', (size_t)(slash - path - 1)) != NULL;
+}
+
 unsigned mg_route_action(const struct mg_config_route *r, const char *method,
                          const char *content_type, const char *path, size_t path_len) {
   for (size_t i = 0; r && i < r->nmethods; i++)
     if (strcmp(r->methods[i], method) == 0) return r->method_actions[i];
-  if ((r && r->grpc) || is_grpc(content_type)) {
+  /* The content type is the client's word: on a route not declared gRPC it maps by method
+   * name only on a gRPC-shaped path, so "POST /datasets/x/DoGet" with a gRPC content type
+   * stays a write to a REST product. */
+  if ((r && r->grpc) || (is_grpc(content_type) && grpc_shaped(path, path_len))) {
     if (strcmp(method, "POST") != 0) return 0;
     size_t e = path_len, b = e;
     while (b > 0 && path[b - 1] != '/') b--;

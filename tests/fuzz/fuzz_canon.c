@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "policy/policy.h"
 #include "sidecar/canon.h"
+#include "sidecar/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -24,6 +26,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (a[i] == '/' && i + 2 <= pl && a[i + 1] == '.' && (i + 2 == pl || a[i + 2] == '/')) abort();
       if (a[i] == '/' && i + 3 <= pl && a[i + 1] == '.' && a[i + 2] == '.' && (i + 3 == pl || a[i + 3] == '/')) abort();
       if (a[i] == '%' && i + 2 < pl && a[i + 1] == '2' && (a[i + 2] == 'F' || a[i + 2] == 'f')) abort();
+    }
+    /* on a plain route, a POST with a gRPC content type is a read only on a
+     * "/pkg.Service/Method" path: two non-empty segments, a dot in the first */
+    struct mg_config_route rt = {.prefix = "/", .prefix_len = 1};
+    if (mg_route_action(&rt, "POST", "application/grpc", a, pl) == MG_ACTION_READ) {
+      size_t slashes = 0, dots = 0;
+      for (size_t i = 0; i < pl; i++) {
+        if (a[i] == '/') slashes++;
+        else if (a[i] == '.' && slashes == 1) dots++;
+      }
+      if (slashes != 2 || !dots || a[1] == '/' || a[pl - 1] == '/') abort();
     }
   }
   free(a);

@@ -193,6 +193,17 @@ def test_method_override_cannot_downgrade_a_write(gw, tok):
     assert gw.upstream_saw(t) == []
 
 
+@pytest.mark.parametrize("ct", ["application/grpc", "application/grpc+proto", "application/grpc;x=1"])
+def test_grpc_content_type_cannot_downgrade_a_write(gw, tok, ct):
+    """A read-only caller sends a REST write dressed as gRPC: the content type maps Flight
+    method names (DoGet is a read) only on gRPC's own path shape, /pkg.Service/Method."""
+    t = tag()
+    for path in ("/datasets/orders_fact/%s/DoGet" % t, "/datasets/orders_fact/%s/ListFlights" % t):
+        st = send(gw, path, tok.analyst + [("content-type", ct)], method="POST", body=b"{}")
+        assert st["status"] == 403 and detail(st) == "no_matching_grant", st
+    assert gw.upstream_saw(t) == []
+
+
 @pytest.mark.parametrize("method", ["get", "Get", "PROPFIND", "TRACE", "DEBUG", "PURGE"])
 def test_unmapped_methods_405(gw, tok, method):
     t = tag()

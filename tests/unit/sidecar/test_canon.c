@@ -160,9 +160,19 @@ static void test_actions(void **state) {
   assert_int_equal(mg_route_action(&routes[3], "POST", "application/grpc+proto", p, strlen(p)), MG_ACTION_READ);
   p = "/arrow.flight.protocol.FlightService/DoExchange";
   assert_int_equal(mg_route_action(&routes[3], "POST", "application/grpc", p, strlen(p)), MG_ACTION_WRITE);
-  /* gRPC content type on a plain route is recognised too */
-  p = "/datasets/svc/DoGet";
+  /* gRPC content type on a plain route: recognised on gRPC's path shape only */
+  p = "/test.Flight/DoGet";
   assert_int_equal(mg_route_action(&routes[0], "POST", "application/grpc", p, strlen(p)), MG_ACTION_READ);
+  p = "/test.Flight/DoPut";
+  assert_int_equal(mg_route_action(&routes[0], "POST", "application/grpc", p, strlen(p)), MG_ACTION_WRITE);
+  /* ...so a client cannot turn a REST write into a read by sending the header */
+  static const char *const writes[] = {"/datasets/svc/DoGet", "/datasets/DoGet", "/a.b/DoGet/",
+                                       "/a.b/DoGet?x", "/.b/x/DoGet", "//DoGet", "/ab/DoGet",
+                                       "/a.b/", "/a.b"};
+  for (size_t i = 0; i < sizeof writes / sizeof writes[0]; i++) {
+    p = writes[i];
+    assert_int_equal(mg_route_action(&routes[0], "POST", "application/grpc", p, strlen(p)), MG_ACTION_WRITE);
+  }
 }
 
 int main(void) {
