@@ -60,6 +60,8 @@ struct issuer {
   pthread_mutex_t ks_lock;         /* ks pointer and every set's refs */
   /* under mg_authn.lock */
   int64_t last_unknown_us;         /* monotonic; INT64_MIN = never */
+  _Atomic uint64_t load_tickets;   /* loads started: a load installs only if it began after */
+  uint64_t installed_ticket;       /* the installed set's (under ks_lock) */
   bool want, busy;
   int64_t next_periodic_us;
 };
@@ -135,10 +137,18 @@ static void ks_put(struct issuer *is, struct mg_jwks *ks) {
   if (last) mg_jwks_free(ks);
 }
 
-/* Takes ks. Swaps only when the content changed. */
-static void install(struct issuer *is, struct mg_jwks *ks) {
+/* Takes ks, read by the load with this ticket. Swaps only when the content changed, and
+ * never for a load that began before the installed one: a slow reload (an unknown kid on a
+ * worker) must not put back a set that SIGHUP has already replaced. */
+static void install(struct issuer *is, struct mg_jwks *ks, uint64_t ticket) {
   pthread_mutex_lock(&is->ks_lock);
   struct mg_jwks *old = is->ks;
+  if (ticket < is->installed_ticket) {
+    pthread_mutex_unlock(&is->ks_lock);
+    mg_jwks_free(ks);
+    return;
+  }
+  is->installed_ticket = ticket;
   atomic_store(&is->loaded_us, ks->loaded_us);
   if (old && memcmp(old->digest, ks->digest, sizeof ks->digest) == 0) {
     pthread_mutex_unlock(&is->ks_lock);
@@ -156,10 +166,24 @@ static void install(struct issuer *is, struct mg_jwks *ks) {
 
 /* Loads the issuer's source now. 0 or error (err says why); the old set stays. */
 static int load_now(struct mg_authn *a, struct issuer *is, char *err, size_t errlen) {
+  (void)a;
   struct mg_jwks *ks = NULL;
-  int rc = is->file ? mg_jwks_load_file(is->file, &ks, err, errlen)
-                    : mg_jwks_fetch_url(is->url, MG_AUTHN_FETCH_TIMEOUT_MS, &ks, err, errlen);
-  if (rc == 0) install(is, ks);
+  uint64_t ticket = atomic_fetch_add(&is->load_tickets, 1) + 1;
+  int rc;
+  if (is->file) {
+    uint8_t cur[32];
+    struct mg_jwks *now = ks_get(is);
+    if (now) memcpy(cur, now->digest, sizeof cur);
+    ks_put(is, now);
+    rc = mg_jwks_load_file(is->file, now ? cur : NULL, &ks, err, errlen);
+    if (rc == 0 && !ks) { /* the same bytes: nothing to parse */
+      atomic_store(&is->loaded_us, mg_time_now_us());
+      return 0;
+    }
+  } else {
+    rc = mg_jwks_fetch_url(is->url, MG_AUTHN_FETCH_TIMEOUT_MS, &ks, err, errlen);
+  }
+  if (rc == 0) install(is, ks, ticket);
   return rc;
 }
 

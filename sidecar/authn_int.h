@@ -36,7 +36,8 @@ struct mg_jwk {
   unsigned fits;           /* algorithms the key type can verify */
   EVP_PKEY *pkey;          /* parsed once per load */
   void *ec_order;          /* EC: BIGNUM n of the curve (for r, s < n) */
-  uint64_t fp;             /* mg_hash64 of kty, alg and key material: "same key" across loads */
+  uint64_t fp;             /* mg_hash64 of the key material, kid and pinned alg: "same key,
+                              same use" across loads (a cached verdict needs all three) */
 };
 
 /* An immutable key set, shared by reference (see authn.c "Key-set lifetime"). */
@@ -53,10 +54,14 @@ struct mg_jwks {
 #define MG_JWKS_MAX_KEYS 256
 
 /* Parses an RFC 7517 set. Keys of unknown kty/alg/use, or bad key material, are skipped
- * with a warning; a document that is not JSON, not {"keys": [...]} -> MG_ERR_INVALID with a
- * reason in err. */
+ * with a warning; a document that is not JSON, not {"keys": [...]}, or has no usable key
+ * -> MG_ERR_INVALID with a reason in err (a set that would refuse every token never
+ * replaces the last good one). */
 int mg_jwks_parse(const char *json, size_t len, struct mg_jwks **out, char *err, size_t errlen);
-int mg_jwks_load_file(const char *path, struct mg_jwks **out, char *err, size_t errlen);
+/* Reads and parses a file. When its SHA-256 equals `unchanged` (may be NULL), returns 0 with
+ * *out = NULL without parsing: a reload of the same bytes costs one read and one hash. */
+int mg_jwks_load_file(const char *path, const uint8_t unchanged[32], struct mg_jwks **out,
+                      char *err, size_t errlen);
 /* GET url with libcurl (timeout_ms total, ≤ MG_JWKS_MAX_BYTES, HTTP 200 only). */
 int mg_jwks_fetch_url(const char *url, long timeout_ms, struct mg_jwks **out, char *err,
                       size_t errlen);

@@ -223,6 +223,13 @@ static const char *parse_key(json_t *jwk, struct mg_jwk *k) {
   if (why) return why;
   if (k->alg != MG_JWS_NONE && !(k->fits & (1u << k->alg))) return "alg does not fit the key";
   if (kid && !(k->kid = strdup(json_string_value(kid)))) return "out of memory";
+  /* the same key material under another kid or alg pin is another key for the cache */
+  uint8_t tmp[8 + 1 + 32];
+  memcpy(tmp, &k->fp, 8);
+  tmp[8] = (uint8_t)k->alg;
+  memset(tmp + 9, 0, 32);
+  if (k->kid) mg_sha256(k->kid, strlen(k->kid), tmp + 9);
+  k->fp = mg_hash64(tmp, sizeof tmp);
   return NULL;
 }
 
@@ -263,6 +270,11 @@ int mg_jwks_parse(const char *json, size_t len, struct mg_jwks **out, char *err,
     }
     ks->nkeys++;
   }
+  if (ks->nkeys == 0) {
+    rc = MG_ERR_INVALID;
+    snprintf(err, errlen, "no usable key (%zu skipped)", json_array_size(keys));
+    goto fail;
+  }
   mg_sha256(json, len, ks->digest);
   ks->loaded_us = mg_time_now_us();
   json_decref(root);
@@ -274,13 +286,23 @@ fail:
   return rc;
 }
 
-int mg_jwks_load_file(const char *path, struct mg_jwks **out, char *err, size_t errlen) {
+int mg_jwks_load_file(const char *path, const uint8_t unchanged[32], struct mg_jwks **out,
+                      char *err, size_t errlen) {
   char *text = NULL;
   size_t n = 0;
+  *out = NULL;
   int rc = mg_file_read(path, MG_JWKS_MAX_BYTES, &text, &n);
   if (rc) {
     snprintf(err, errlen, "%s: %s", path, mg_strerror(rc));
     return rc;
+  }
+  if (unchanged) {
+    uint8_t d[32];
+    mg_sha256(text, n, d);
+    if (memcmp(d, unchanged, sizeof d) == 0) {
+      free(text);
+      return 0;
+    }
   }
   char why[256];
   rc = mg_jwks_parse(text, n, out, why, sizeof why);

@@ -67,6 +67,16 @@ static char *slurp(const char *name, size_t *len) {
   return out;
 }
 
+static void write_text(const char *dst, const char *text) {
+  char tmp[PATH_MAX + 8];
+  snprintf(tmp, sizeof tmp, "%s.tmp", dst);
+  FILE *f = fopen(tmp, "w");
+  assert_non_null(f);
+  assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
+  fclose(f);
+  assert_int_equal(rename(tmp, dst), 0);
+}
+
 static void copy_fixture(const char *name, const char *dst) {
   size_t n;
   char *d = slurp(name, &n);
@@ -945,11 +955,27 @@ static void test_rotation_file(void **state) {
   assert_ptr_equal(a.priv, b.priv);
   mg_authn_identity_release(&a);
   mg_authn_identity_release(&b);
-  /* a broken file on reload keeps the last good set */
+  /* a broken file on reload keeps the last good set, and so does one with no usable key */
   copy_fixture("jwks_bad.json", f->jwks);
   mg_authn_reload(f->a);
   assert_int_equal(verify_at(f, NULL, rs2, mg_time_now_us(), &a, why), 0);
   mg_authn_identity_release(&a);
+  write_text(f->jwks, "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AAAA\"}]}");
+  mg_authn_reload(f->a);
+  assert_int_equal(verify_at(f, NULL, rs2, mg_time_now_us(), &a, why), 0);
+  mg_authn_identity_release(&a);
+  /* the same key material under another kid is another key: the cached verdict for rs2
+   * does not survive the rename (a fresh check would not find kid rsa2) */
+  assert_int_equal(verify_at(f, f->c, rs2, mg_time_now_us(), &a, why), 0);
+  mg_authn_identity_release(&a);
+  size_t n;
+  char *rot = slurp("jwks_rotated.json", &n), *kid = strstr(rot, "\"rsa2\"");
+  assert_non_null(kid);
+  kid[4] = '9';                     /* "rsa2" -> "rsa9" */
+  write_text(f->jwks, rot);
+  free(rot);
+  mg_authn_reload(f->a);
+  REJECT(f, rs2, "unknown key id");
   free(rs1);
   free(rs2);
   free(es);

@@ -40,7 +40,7 @@ static struct mg_jwks *load(const char *name, int *rc, char *err, size_t errlen)
   char p[PATH_MAX + 64];
   struct mg_jwks *ks = NULL;
   snprintf(p, sizeof p, "%s/%s", fixdir, name);
-  *rc = mg_jwks_load_file(p, &ks, err, errlen);
+  *rc = mg_jwks_load_file(p, NULL, &ks, err, errlen);
   return ks;
 }
 
@@ -91,6 +91,50 @@ static void test_fingerprints(void **st) {
   mg_jwks_free(b);
 }
 
+/* A cached verdict is kept across a reload only for "the same key": the same material
+ * under another kid or another alg pin is not (a fresh check would refuse the token). */
+static void test_fingerprint_covers_kid_and_alg(void **st) {
+  static const char *n = "lHkDs4xGK_E1_QefZViGClLUw3ArV5yX363Vb-GCcHInHVoC-babKBX_pE0v8AHGH1SANrfUW6ve1QXO6Ak0dsS78WtyD3x6T4qHRSg-UdEEl4ZpgE8LR1jYptmX775XNwvZobkfr-edkw3L1PjcA_oeL4TJogsyycuGDckw0hMtzD-6T136Xam3VrBmtyf5W9mXtYn7Q0pGzb0BrP3YHjK1TxscqiIP7ufyCSLmO6r04FNCr6rBanlZwAsK5bbFArZ09Mz08fVYoBM-gw3KYcK4Z2WVv1QO3PqVinBG2up1xSQlx4_wYag_shgOw_fdYn5wANONjvizBY0BWinOwQ";
+  char doc[2048], err[256];
+  uint64_t fp[4];
+  const char *variants[4][2] = {{"a", ""}, {"a", ",\"alg\":\"RS256\""}, {"a", ",\"alg\":\"RS512\""},
+                                {"b", ""}};
+  for (int i = 0; i < 4; i++) {
+    struct mg_jwks *ks = NULL;
+    snprintf(doc, sizeof doc, "{\"keys\":[{\"kty\":\"RSA\",\"kid\":\"%s\",\"n\":\"%s\",\"e\":\"AQAB\"%s}]}",
+             variants[i][0], n, variants[i][1]);
+    assert_int_equal(mg_jwks_parse(doc, strlen(doc), &ks, err, sizeof err), 0);
+    assert_int_equal(ks->nkeys, 1);
+    fp[i] = ks->keys[0].fp;
+    mg_jwks_free(ks);
+  }
+  for (int i = 0; i < 4; i++)
+    for (int j = i + 1; j < 4; j++) assert_true(fp[i] != fp[j]);
+  /* and the same document twice is the same key */
+  struct mg_jwks *ks = NULL;
+  snprintf(doc, sizeof doc, "{\"keys\":[{\"kty\":\"RSA\",\"kid\":\"b\",\"n\":\"%s\",\"e\":\"AQAB\"}]}", n);
+  assert_int_equal(mg_jwks_parse(doc, strlen(doc), &ks, err, sizeof err), 0);
+  assert_true(ks->keys[0].fp == fp[3]);
+  mg_jwks_free(ks);
+}
+
+/* Reloading the same bytes costs a read and a hash: no set comes back to parse or swap. */
+static void test_unchanged_file(void **st) {
+  int rc;
+  char err[256], p[PATH_MAX + 64];
+  struct mg_jwks *a = load("jwks.json", &rc, err, sizeof err), *b = (struct mg_jwks *)1;
+  assert_int_equal(rc, 0);
+  snprintf(p, sizeof p, "%s/jwks.json", fixdir);
+  assert_int_equal(mg_jwks_load_file(p, a->digest, &b, err, sizeof err), 0);
+  assert_null(b);
+  snprintf(p, sizeof p, "%s/jwks_rotated.json", fixdir);
+  assert_int_equal(mg_jwks_load_file(p, a->digest, &b, err, sizeof err), 0);
+  assert_non_null(b);
+  assert_memory_not_equal(a->digest, b->digest, 32);
+  mg_jwks_free(a);
+  mg_jwks_free(b);
+}
+
 static void test_bad_documents(void **st) {
   int rc;
   char err[256] = "";
@@ -128,9 +172,12 @@ static void test_skipped_keys(void **st) {
       "{\"kid\":5,\"kty\":\"EC\"},"
       "7"
       "]}";
-  assert_int_equal(mg_jwks_parse(doc, strlen(doc), &ks, err, sizeof err), 0);
-  assert_int_equal(ks->nkeys, 0);
-  mg_jwks_free(ks);
+  /* a set with no usable key is an error: it must not replace the last good set */
+  assert_int_equal(mg_jwks_parse(doc, strlen(doc), &ks, err, sizeof err), MG_ERR_INVALID);
+  assert_null(ks);
+  assert_non_null(strstr(err, "no usable key (7 skipped)"));
+  assert_int_equal(mg_jwks_parse("{\"keys\":[]}", 11, &ks, err, sizeof err), MG_ERR_INVALID);
+  assert_null(ks);
 }
 
 static void test_alg_names(void **st) {
@@ -151,7 +198,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_main_set),      cmocka_unit_test(test_fingerprints),
     cmocka_unit_test(test_bad_documents), cmocka_unit_test(test_skipped_keys),
-    cmocka_unit_test(test_alg_names),
+    cmocka_unit_test(test_alg_names),     cmocka_unit_test(test_fingerprint_covers_kid_and_alg),
+    cmocka_unit_test(test_unchanged_file),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
