@@ -134,6 +134,9 @@ static bool has_ctl(const char *s, size_t n) {
 static const char *check_id(const char *s, size_t n) {
   if (n == 0) return "must not be empty";
   if (n > MG_GRANT_ID_MAX) return "longer than 128 bytes";
+  /* the id is a URL path segment (/v1/grants/{id}): a dot segment is no id */
+  if ((n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.'))
+    return "must not be \".\" or \"..\"";
   for (size_t i = 0; i < n; i++) {
     char ch = s[i];
     if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
@@ -179,7 +182,6 @@ static const char *check_pattern(const char *s, size_t n) {
     if (i < n && s[i] != '/') {
       unsigned char ch = (unsigned char)s[i];
       if (ch < 0x20 || ch == 0x7f) return "contains a control character";
-      if (ch == '%') return "'%' is not allowed (patterns match canonical paths)";
       if (ch == '\\') return "'\\' is not allowed";
       if (ch == ';') return "';' is not allowed";
       if (ch == '#') return "'#' is not allowed";
@@ -198,6 +200,18 @@ static const char *check_pattern(const char *s, size_t n) {
     if (++nseg > MG_GRANT_SEGMENTS_MAX) return "more than 128 segments";
     start = i + 1;
   }
+  /* Patterns match canonical paths byte for byte, so a pattern must be one: "café" or
+   * "a b" (which no canonical path holds) and "a%3Ab" (whose canonical form is "a:b")
+   * would silently never match. */
+  char in[MG_GRANT_PATTERN_MAX + 2], out[MG_GRANT_PATTERN_MAX + 2];
+  size_t pl, ol;
+  const char *why;
+  in[0] = '/';
+  memcpy(in + 1, s, n);
+  if (mg_canon_path(in, n + 1, out, sizeof out, &pl, &ol, &why) != 0 || ol != n + 1 ||
+      memcmp(in, out, ol) != 0)
+    return "not a canonical path: escape spaces, quotes and non-ASCII as %XX (uppercase hex), "
+           "write A-Z a-z 0-9 - . _ ~ ! $ & ' ( ) * + , = : @ unescaped";
   return NULL;
 }
 

@@ -259,6 +259,21 @@ int mg_policy_store_verify(struct mg_policy_store *s);
  * are always valid UTF-8 (bytes of a broken key are shown as '?').
  */
 
+/* Canonicalises a raw :path into out (capacity outcap; len + 1 ≤ in_len + 1 always
+ * suffices since canonical output is never longer than the input):
+ *   - splits off the query at the first '?' (kept byte-for-byte, but validated);
+ *   - decodes percent-escapes of characters allowed raw in a path (unreserved, sub-delims
+ *     but ';', ':' and '@'), uppercases the hex of the rest;
+ *   - resolves "." and ".." segments (RFC 3986 §5.2.4, ".." at the root stays at the root);
+ *   - merges duplicate slashes.
+ * Rejects (MG_ERR_INVALID, *why set to a static reason): not starting with '/', %2F, %5C,
+ * '\', %00, ';', '#', "%25" followed by two hex digits, a malformed escape, control
+ * characters, spaces, raw bytes ≥ 0x80, and escapes that decode to invalid UTF-8.
+ * *path_len is the length of the canonical path part (without query); *out_len of the
+ * whole output (path + "?" + query). */
+int mg_canon_path(const char *in, size_t in_len, char *out, size_t outcap,
+                  size_t *path_len, size_t *out_len, const char **why);
+
 #ifdef __cplusplus
 }
 #endif

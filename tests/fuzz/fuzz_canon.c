@@ -26,6 +26,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (a[i] == '/' && i + 2 <= pl && a[i + 1] == '.' && (i + 2 == pl || a[i + 2] == '/')) abort();
       if (a[i] == '/' && i + 3 <= pl && a[i + 1] == '.' && a[i + 2] == '.' && (i + 3 == pl || a[i + 3] == '/')) abort();
       if (a[i] == '%' && i + 2 < pl && a[i + 1] == '2' && (a[i + 2] == 'F' || a[i + 2] == 'f')) abort();
+      /* one spelling per byte: no escape of a character that may stand raw, hex uppercase */
+      if (a[i] == '%') {
+        if (i + 2 >= pl) abort();
+        int v = 0;
+        for (int k = 1; k <= 2; k++) {
+          char h = a[i + k];
+          if (!((h >= '0' && h <= '9') || (h >= 'A' && h <= 'F'))) abort();
+          v = v * 16 + (h <= '9' ? h - '0' : h - 'A' + 10);
+        }
+        if ((v >= '0' && v <= '9') || (v >= 'A' && v <= 'Z') || (v >= 'a' && v <= 'z') ||
+            (v && strchr("-._~!$&'()*+,=:@", v)))
+          abort();
+      }
     }
     /* on a plain route, a POST with a gRPC content type is a read only on a
      * "/pkg.Service/Method" path: two non-empty segments, a dot in the first */

@@ -234,6 +234,31 @@ def test_bad_grant_ids_refused(gw, gid):
     assert r.status in (400, 404), r
 
 
+@pytest.mark.parametrize("raw,gid", [("%2E%2E", ".."), ("%2e", ".")])
+def test_dot_segment_grant_ids_refused(gw, raw, gid):
+    """An id no client could address again (/v1/grants/.. is rewritten by every URL
+    library): sent percent-encoded so nothing normalises it on the way, it is refused."""
+    before = snapshot(gw)
+    r = call(gw, "PUT", "/v1/grants/" + raw, token=gw.admin, body=grant(gid),
+             headers={"If-None-Match": "*"})
+    err(r, 400)
+    assert "/id" in r.json()["detail"] or "id" in r.json()["detail"], r.json()
+    assert snapshot(gw) == before
+
+
+def test_non_canonical_resource_patterns_refused(gw):
+    """A pattern no canonical path can equal would silently never match (a deny that
+    denies nothing): refused with the rule, nothing stored."""
+    before = snapshot(gw)
+    for pat in ("datasets/caf\u00e9/**", "datasets/a b/**", "datasets/a%3Ab/**",
+                "datasets/%6Frders/**"):
+        r = call(gw, "PUT", "/v1/grants/ncanon", token=gw.admin,
+                 body=grant("ncanon", resources=[pat]), headers={"If-None-Match": "*"})
+        err(r, 400)
+        assert "not a canonical path" in json.dumps(r.json()), (pat, r.json())
+    assert snapshot(gw) == before
+
+
 # ------------------------------------------------------------------ owners
 
 @pytest.fixture(scope="module")

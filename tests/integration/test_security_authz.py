@@ -125,7 +125,8 @@ def test_forwarded_bytes_are_the_canonical_bytes(gw, tok):
     t = tag()
     cases = {
         "/datasets/%6Frders_fact/{t}-a": "/datasets/orders_fact/{t}-a",
-        "/datasets/orders_fact/{t}-b%3ab": "/datasets/orders_fact/{t}-b%3Ab",
+        "/datasets/orders_fact/{t}-b%3ab": "/datasets/orders_fact/{t}-b:b",
+        "/datasets/orders_fact/{t}-g%20%c3%a9": "/datasets/orders_fact/{t}-g%20%C3%A9",
         "/datasets/orders_fact/x/./y/../{t}-c": "/datasets/orders_fact/x/{t}-c",
         "/datasets/orders_fact/{t}-d?../../pii": "/datasets/orders_fact/{t}-d?../../pii",
         "/datasets/orders_fact/100%25off-{t}-e": "/datasets/orders_fact/100%25off-{t}-e",
@@ -141,6 +142,25 @@ def test_forwarded_bytes_are_the_canonical_bytes(gw, tok):
     # the lineage entry names the same bytes
     paths = {e.get("path") for e in gw.entries() if t in e.get("path", "")}
     assert paths == {c.format(t=t) for c in cases.values()}
+
+
+@pytest.mark.parametrize("spelling", ["sec:ret", "sec%3Aret", "sec%3aret", "s%65c%3Aret"])
+def test_escaped_sub_delims_meet_the_grant_on_the_raw_spelling(gw, tok, spelling):
+    """A deny on datasets/orders_fact/<t>/sec:ret/** must hold however ':' is spelled: a
+    product decodes %3A to ':' and would serve the denied data. Canonical form has one
+    spelling per byte (the raw one for characters allowed raw), so every spelling meets it."""
+    t = tag()
+    g = {"id": "subdelim-" + t, "effect": "deny", "subjects": ["group:analysts"],
+         "product": "orders", "resources": ["datasets/orders_fact/%s/sec:ret/**" % t],
+         "actions": ["read"]}
+    r = mgtest.request(gw.mg.admin_url + "/v1/grants/" + g["id"], method="PUT", token=gw.admin,
+                       body=g, headers={"If-None-Match": "*"})
+    assert r.status == 201, r
+    st = send(gw, "/datasets/orders_fact/%s/%s/x" % (t, spelling), tok.analyst)
+    assert st["status"] == 403 and detail(st) == "denied_by_grant", st
+    assert gw.upstream_saw(t) == []
+    st = send(gw, "/datasets/orders_fact/%s/public/x" % t, tok.analyst)
+    assert st["status"] == 200
 
 
 def test_case_is_a_different_resource(gw, tok):

@@ -241,6 +241,10 @@ static void test_fields(void **st) {
   expect_bad(with("id", "\"\""), "/id");
   expect_bad(with("id", "\"a b\""), "/id");
   expect_bad(with("id", "\"a/b\""), "/id");
+  expect_bad(with("id", "\".\""), "/id");  /* dot segments in /v1/grants/{id} */
+  expect_bad(with("id", "\"..\""), "/id");
+  mg_policy_grant_free(expect_good(with("id", "\"...\"")));
+  mg_policy_grant_free(expect_good(with("id", "\"a..b\"")));
   expect_bad(with("effect", "\"permit\""), "/effect");
   expect_bad(with("product", "\"\""), "/product");
   expect_bad(with("product", "\"or ders\""), "/product");
@@ -299,6 +303,10 @@ static void test_patterns(void **st) {
       "datasets/x*", "datasets/*x", "datasets/***", "a**", "**b/c", "datasets/a%2Fb",
       "datasets/a\\\\b", "datasets/a;b", "datasets/a#b", "datasets/a\\u0001b", "datasets/a?x=1",
       "datasets/a\\u007f",
+      /* not canonical, so they would never match: raw space, quote, non-ASCII; an escape of a
+       * character written raw in canonical paths; lowercase hex; a malformed escape */
+      "datasets/a b", "datasets/a\\\"b", "caf\\u00e9/*", "datasets/a%3Ab", "datasets/%6Frders",
+      "datasets/caf%c3%a9", "datasets/a%2", "datasets/a%zz", "datasets/%C3",
   };
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     char v[256];
@@ -307,7 +315,8 @@ static void test_patterns(void **st) {
   }
   static const char *const good[] = {"**", "*", "a/**/b", "a/*/c", "*/status", "**/export",
                                      "datasets/orders_fact/2024", "a/**", "a.b/c-d_e/~x",
-                                     "x/**/**/y", "caf\\u00e9/*"};
+                                     "x/**/**/y", "caf%C3%A9/*", "a%20b/**", "a:b@c/!$&'()+,=",
+                                     "100%25off"};
   for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
     char v[256];
     snprintf(v, sizeof v, "[\"%s\"]", good[i]);
@@ -320,6 +329,10 @@ static void test_patterns(void **st) {
   assert_int_equal(mg_policy_grant_parse(s, strlen(s), "/3", &g, &d), MG_POLICY_E_INVALID);
   assert_int_equal(d.n, 1);
   assert_string_equal(d.msgs[0], "/3/resources/0: '**' must be a whole segment");
+  mg_policy_diag_clear(&d);
+  s = with("resources", "[\"a b\"]");
+  assert_int_equal(mg_policy_grant_parse(s, strlen(s), "", &g, &d), MG_POLICY_E_INVALID);
+  assert_non_null(strstr(d.msgs[0], "/resources/0: not a canonical path: escape spaces"));
   mg_policy_diag_clear(&d);
 }
 
