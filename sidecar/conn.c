@@ -631,6 +631,18 @@ void mg_tp_req_up_fail(struct mg_req *r, int status, const char *error, const ch
     req_rst(r, NGHTTP2_INTERNAL_ERROR);
 }
 
+void mg_tp_req_drop_body(struct mg_req *r) {
+  struct mg_conn *c = r->conn;
+  size_t n = r->reqbuf.len;
+  if (c->dead || r->closing || !n)
+    return;
+  nghttp2_session_consume(c->sess, r->stream_id, n);
+  mg_tp_ring_drop(&r->reqbuf, n);
+  r->drained += n;
+  r->last_progress_us = mg_mono_now_us();
+  mg_tp_conn_want_write(c);
+}
+
 void mg_tp_req_consumed_body(struct mg_req *r, size_t n) {
   struct mg_conn *c = r->conn;
   if (c->dead || r->closing || !n)

@@ -251,6 +251,10 @@ void mg_tp_req_up_headers(struct mg_req *r, int status, const struct mg_hdrs *h,
 size_t mg_tp_req_up_data(struct mg_req *r, const uint8_t *p, size_t n);
 /* End of response; trailers may be NULL. */
 void mg_tp_req_up_end(struct mg_req *r, const struct mg_hdrs *trailers);
+/* The upstream finished its response and will read no more of the request body: drop what
+ * waits in reqbuf and give its window back, so the client can go on sending (discarded, as
+ * on_data_chunk does) or be reset, and the body timer sees a client that owes bytes. */
+void mg_tp_req_drop_body(struct mg_req *r);
 /* The upstream leg failed: before response headers -> local 502 (or 504 when timeout),
  * after -> RST_STREAM INTERNAL_ERROR downstream. The leg is already detached. */
 void mg_tp_req_up_fail(struct mg_req *r, int status, const char *error, const char *detail);

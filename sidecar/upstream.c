@@ -384,6 +384,8 @@ static int up_on_stream_close(nghttp2_session *s, int32_t sid, uint32_t error_co
     if (r->respbuf.len)
       nghttp2_session_consume_connection(s, r->respbuf.len);
     uc_detach(uc, r);
+    if (complete)
+      mg_tp_req_drop_body(r);
     if (!complete) {
       char detail[96];
       snprintf(detail, sizeof detail, "upstream closed the stream (%s)",

@@ -54,6 +54,7 @@ struct mg_h1conn {
   bool chunked_req, msg_complete, interim, in_value, too_big, bad;
   bool retired;                 /* config reload changed the upstream: do not reuse */
   bool got_bytes;               /* any response byte for the current request */
+  bool eof;                     /* the upstream closed; input still holds unparsed bytes */
   int nreqs;                    /* requests sent on this connection */
   struct mg_buf field, value;   /* header being parsed */
   struct event ev, timer;
@@ -120,6 +121,8 @@ static void hc_release(struct mg_h1conn *hc, int status, const char *error, cons
   r->up_kind = MG_UP_NONE;
   if (why)
     mg_tp_req_up_fail(r, status, error, why);
+  else
+    mg_tp_req_drop_body(r); /* an early response: the product reads no more of the body */
 }
 
 /* ---- request serialisation ---- */
@@ -349,11 +352,12 @@ static int p_on_headers_complete(http_parser *p) {
   if ((p->flags & F_CHUNKED) && p->content_length != ULLONG_MAX && p->content_length != 0)
     return -1; /* both framings: refuse (smuggling) */
   head = r->info.method && strcmp(r->info.method, "HEAD") == 0;
+  head |= p->status_code == 204 || p->status_code == 304;
   r->resp_final = true;
   r->resp_status = p->status_code;
-  /* No body may follow (HEAD, 204, 304): end the downstream stream with the headers. */
-  mg_tp_req_up_headers(r, p->status_code, &r->resp_hdrs,
-                       head || p->status_code == 204 || p->status_code == 304);
+  /* No body may follow (HEAD, 204, 304; RFC 9112 §6.3): end the downstream stream with the
+   * headers, and tell the parser, so a 304's Content-Length is not waited for. */
+  mg_tp_req_up_headers(r, p->status_code, &r->resp_hdrs, head);
   return head ? 1 : 0;
 }
 
@@ -398,8 +402,8 @@ static void h1_assign(struct mg_h1pool *hp, struct mg_req *r);
 static void hc_complete(struct mg_h1conn *hc) {
   struct mg_h1pool *hp = hc->hp;
   struct mg_req *r = hc->r;
-  bool reuse = !hc->retired && http_should_keep_alive(&hc->parser) && r && r->req_up_done &&
-               evbuffer_get_length(bufferevent_get_input(hc->bev)) == 0;
+  bool reuse = !hc->retired && !hc->eof && http_should_keep_alive(&hc->parser) && r &&
+               r->req_up_done && evbuffer_get_length(bufferevent_get_input(hc->bev)) == 0;
   hc_release(hc, 0, NULL, NULL);
   if (!reuse) {
     hc_kill(hc);
@@ -418,6 +422,8 @@ static void hc_fail(struct mg_h1conn *hc, const char *why) {
   hc_kill(hc);
   hc_start_next(hp);
 }
+
+static void hc_closed(struct mg_h1conn *hc, short events);
 
 static void hc_process(struct mg_h1conn *hc) {
   struct evbuffer *in;
@@ -455,19 +461,26 @@ static void hc_process(struct mg_h1conn *hc) {
   }
   if (hc->msg_complete)
     hc_complete(hc);
+  else if (hc->eof && !hc->dead && hc->r && evbuffer_get_length(in) == 0)
+    hc_closed(hc, BEV_EVENT_EOF); /* everything before the close is parsed now */
 }
 
 static void hc_ev(evutil_socket_t fd, short what, void *arg) {
   struct mg_h1conn *hc = arg;
+  struct mg_h1pool *hp = hc->hp;
   hc->pending_ev = false;
-  if (hc->dead) {
-    hc_destroy(hc);
-    return;
+  if (!hc->dead) {
+    hc_process(hc);
+    hc_pump(hc);
+    if (!hc->dead || hc->pending_ev)
+      return;
   }
-  hc_process(hc);
-  hc_pump(hc);
-  if (hc->dead && !hc->pending_ev)
-    hc_destroy(hc);
+  hc_destroy(hc);
+  hc_start_next(hp); /* its place in the pool is free now: start a queued request */
+}
+
+static bool idempotent(const char *m) {
+  return m && (!strcmp(m, "GET") || !strcmp(m, "HEAD") || !strcmp(m, "OPTIONS"));
 }
 
 static void hc_readcb(struct bufferevent *bev, void *arg) { hc_process(arg); }
@@ -490,40 +503,55 @@ static void hc_eventcb(struct bufferevent *bev, short events, void *arg) {
     return;
   }
   if (events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-    const char *err = (events & BEV_EVENT_ERROR) ? mg_tp_connect_error(bev) : "connection closed";
-    char why[160];
-    if (hc->r && (events & BEV_EVENT_EOF) && !hc->msg_complete) {
-      /* EOF may complete a read-until-close body. */
-      hc_process(hc);
-      if (!hc->dead && hc->r && !hc->msg_complete) {
-        http_parser_execute(&hc->parser, &psettings, NULL, 0);
-        if (hc->msg_complete) {
-          hc_release(hc, 0, NULL, NULL);
-          hc_kill(hc);
-          hc_start_next(hc->hp);
-          return;
-        }
+    if (events & BEV_EVENT_EOF) {
+      hc->eof = true; /* never reused */
+      if (hc->r && !hc->msg_complete) {
+        /* Bytes sent before the close may still wait in the input, behind a full response
+         * ring: hc_process sees the close (hc_closed) only once they are all parsed, or a
+         * read-until-close body would end early, looking complete. */
+        hc_process(hc);
+        return;
       }
     }
-    if (hc->r && hc->nreqs > 1 && !hc->got_bytes && hc->r->retries == 0 &&
-        !hc->r->req_body) {
-      /* A reused keep-alive connection the upstream had already closed: it never saw
-       * the request (no response byte, no body), so one retry on a fresh one is safe. */
-      struct mg_req *r = hc->r;
-      struct mg_h1pool *hp = hc->hp;
-      hc->r = NULL;
-      r->h1 = NULL;
-      r->retries++;
+    hc_closed(hc, events);
+  }
+}
+
+/* The upstream closed (EOF) or failed (ERROR), with every byte before it parsed. */
+static void hc_closed(struct mg_h1conn *hc, short events) {
+  const char *err =
+      (events & BEV_EVENT_ERROR) ? mg_tp_connect_error(hc->bev) : "connection closed";
+  char why[160];
+  if (hc->r && (events & BEV_EVENT_EOF) && !hc->msg_complete) {
+    /* EOF may complete a read-until-close body. */
+    http_parser_execute(&hc->parser, &psettings, NULL, 0);
+    if (hc->msg_complete) {
+      hc_release(hc, 0, NULL, NULL);
       hc_kill(hc);
-      h1_assign(hp, r);
+      hc_start_next(hc->hp);
       return;
     }
-    snprintf(why, sizeof why, "%s: %s", mg_tp_pool_cfg(hc->hp->pool)->upstream.address, err);
-    if (hc->r && hc->r->resp_final)
-      hc_fail(hc, "upstream closed mid-response");
-    else
-      hc_fail(hc, why);
   }
+  if (hc->r && hc->nreqs > 1 && !hc->got_bytes && hc->r->retries == 0 &&
+      !hc->r->req_body && idempotent(hc->r->info.method)) {
+    /* A reused keep-alive connection the upstream had already closed: most likely it
+     * never saw the request (no response byte, no body), so one retry on a fresh one.
+     * Only for methods that are safe to repeat (RFC 9110 §9.2.2): the product may have
+     * acted on a DELETE or an empty POST before the connection died. */
+    struct mg_req *r = hc->r;
+    struct mg_h1pool *hp = hc->hp;
+    hc->r = NULL;
+    r->h1 = NULL;
+    r->retries++;
+    hc_kill(hc);
+    h1_assign(hp, r);
+    return;
+  }
+  snprintf(why, sizeof why, "%s: %s", mg_tp_pool_cfg(hc->hp->pool)->upstream.address, err);
+  if (hc->r && hc->r->resp_final)
+    hc_fail(hc, "upstream closed mid-response");
+  else
+    hc_fail(hc, why);
 }
 
 static void hc_timer_cb(evutil_socket_t fd, short what, void *arg) {

@@ -21,6 +21,7 @@ import h2.exceptions
 import h2.settings
 import pytest
 
+from upstream import gen  # noqa: E402
 from conftest_transport import (Upstream, curl, free_port, passthrough_bin, pki,  # noqa: F401
                                 proxies, upstream, upstream_h1)
 
@@ -612,7 +613,93 @@ def test_http1_stale_keepalive_retried_once(passthrough_bin, proxies, tmp_path):
         # a body-carrying request is never replayed: 502 instead
         st = c.get("/upload", body=b"x" * 10)
         assert st["status"] == 502
+        # nor a non-idempotent one without a body (RFC 9110 §9.2.2): the product may have
+        # deleted before the connection died
+        assert c.get("/datasets/fourth")["status"] == 200  # a fresh connection
+        st = c.get("/datasets/fifth", method="DELETE")
+        assert st["status"] == 502
+        assert len([x for x in u.requests() if x["path"] == "/datasets/fifth"]) == 1
         c.close()
+    finally:
+        u.stop()
+
+
+def test_http1_close_delimited_body_behind_a_slow_client(passthrough_bin, proxies, tmp_path):
+    """A read-until-close response larger than every buffer, to a client that reads
+    slowly: the bytes that wait behind a full response ring when the product closes are
+    still delivered; the close is not taken for the end of the body before them."""
+    u = Upstream(tmp_path, http1=True)
+    n = 6 << 20
+    try:
+        p = proxies(passthrough_bin, u.address, "--protocol", "http1", "--workers", "1")
+        c = H2Client(p.port)
+        sid = c.request("/close?bytes=%d" % n)
+        time.sleep(1.0)  # everything fills: h2 window, ring, input buffer, socket buffers
+        st = c.streams[sid]
+        deadline = time.time() + 30
+        while not (st["ended"] or st["reset"] is not None) and time.time() < deadline:
+            c.pump(lambda: False, 0.05)  # read a little at a time
+        assert st["status"] == 200 and st["ended"], st["reset"]
+        expect = b"".join(gen(n))
+        assert len(st["body"]) == n
+        assert hashlib.sha256(st["body"]).digest() == hashlib.sha256(expect).digest()
+        c.close()
+    finally:
+        u.stop()
+
+
+def test_http1_early_response_frees_the_upload_window(passthrough_bin, proxies, tmp_path):
+    """The product answers 413 without reading the upload and keeps the connection: the
+    body already buffered for it is dropped and its window given back, so the upload
+    drains or is cut with RST_STREAM(NO_ERROR); before, the stream hung with a closed
+    window that no timer counted against anyone."""
+    u = Upstream(tmp_path, http1=True)
+    try:
+        p = proxies(passthrough_bin, u.address, "--protocol", "http1", "--workers", "1")
+        c = H2Client(p.port)
+        sid = c.request("/early?delay_ms=1000&hold_ms=20000", body=os.urandom(16 << 20))
+        st = c.streams[sid]
+        c.pump(lambda: st["reset"] is not None or (st["ended"] and not c.pending), 12)
+        assert st["status"] == 413 and st["ended"]
+        assert st["reset"] == 0 or not c.pending, (st["reset"], sid in c.pending)
+        assert c.get("/datasets/next")["status"] == 200
+        c.close()
+    finally:
+        u.stop()
+
+
+def test_http1_304_with_content_length_keeps_the_connection(passthrough_bin, proxies, tmp_path):
+    """A 304 may carry the Content-Length of the full response (RFC 9110 §8.6) but never a
+    body: the parser must not wait for one, and requests after it are answered."""
+    u = Upstream(tmp_path, http1=True)
+    try:
+        p = proxies(passthrough_bin, u.address, "--protocol", "http1", "--workers", "1")
+        c = H2Client(p.port)
+        for i in range(3):
+            st = c.get("/status?code=304&cl=1234")
+            assert st["status"] == 304 and st["body"] == b"" and st["ended"]
+            assert c.get("/datasets/after-304-%d" % i, timeout=5)["status"] == 200
+        c.close()
+    finally:
+        u.stop()
+
+
+def test_http1_pool_full_of_closing_connections(passthrough_bin, proxies, tmp_path):
+    """More concurrent requests than the HTTP/1.1 pool's 256 connections, each answered
+    with Connection: close: the queued ones start as connections die, none waits for the
+    response timeout."""
+    u = Upstream(tmp_path, http1=True)
+    try:
+        p = proxies(passthrough_bin, u.address, "--protocol", "http1", "--workers", "1")
+        clients = [H2Client(p.port) for _ in range(4)]
+        sids = [(c, c.request("/close?bytes=100")) for c in clients for _ in range(80)]
+        t0 = time.time()
+        for c, sid in sids:
+            st = c.wait(sid, timeout=max(1, 15 - (time.time() - t0)))
+            assert st["status"] == 200 and st["ended"] and len(st["body"]) == 100, st
+        assert time.time() - t0 < 15
+        for c in clients:
+            c.close()
     finally:
         u.stop()
 

@@ -406,6 +406,17 @@ async def h1_client(reader, writer, log, idle_close_ms=0, drop_reused=False):
             sha = hashlib.sha256()
             body = bytearray()
             path, q = route(target)
+            if path == "/early":
+                # answers without reading the request body (after delay_ms, when the
+                # upload has filled every buffer), then holds the connection
+                await asyncio.sleep(int(q.get("delay_ms", "0")) / 1000)
+                b = jbody({"error": "too_large"})
+                writer.write(b"HTTP/1.1 413 X\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(b) + b)
+                await writer.drain()
+                await asyncio.sleep(int(q.get("hold_ms", "5000")) / 1000)
+                writer.close()
+                return
 
             def sink(b):
                 sha.update(b)
@@ -440,7 +451,9 @@ async def h1_client(reader, writer, log, idle_close_ms=0, drop_reused=False):
                     b = b"" if status in (204, 304) else jbody({"status": status})
                 else:
                     b = jbody({"path": target, "method": method})
-                if status in (204, 304):
+                if status == 304 and "cl" in q:
+                    head(status, [("Content-Length", q["cl"])])  # the length of the GET's body
+                elif status in (204, 304):
                     head(status, [])
                 else:
                     head(status, [("Content-Type", "application/json"), ("Content-Length", len(b))])
