@@ -127,6 +127,8 @@ static void hc_release(struct mg_h1conn *hc, int status, const char *error, cons
 
 /* ---- request serialisation ---- */
 
+static bool body_ignored_by_some(const uint8_t *m, size_t l);
+
 static bool tchar(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
          strchr("!#$%&'*+-.^_`|~", c) != NULL;
@@ -244,6 +246,14 @@ static void hc_send(struct mg_h1conn *hc, struct mg_req *r) {
     evbuffer_add(out, "\r\n", 2);
   }
   hc->chunked_req = false;
+  if (r->req_body && body_ignored_by_some(nv[0].value, nv[0].valuelen)) {
+    /* A GET (HEAD, OPTIONS, DELETE, TRACE) with a body: a product that ignores its framing
+     * would read the body as a second request, one nobody authorised or recorded ("CL.0"
+     * desync). The body is framed as usual, and the connection dies with this exchange,
+     * so no later request can follow it on the wire. */
+    evbuffer_add(out, "connection: close\r\n", 19);
+    hc->retired = true;
+  }
   if (r->req_body) {
     if (clen) {
       evbuffer_add(out, "content-length: ", 16);
@@ -253,8 +263,8 @@ static void hc_send(struct mg_h1conn *hc, struct mg_req *r) {
       hc->chunked_req = true;
       evbuffer_add(out, "transfer-encoding: chunked\r\n", 28);
     }
-  } else if (nv_is(&nv[0], ":method") && (nv[0].valuelen == 4 || nv[0].valuelen == 3) &&
-             (memcmp(nv[0].value, "POST", 4) == 0 || memcmp(nv[0].value, "PUT", 3) == 0)) {
+  } else if ((nv[0].valuelen == 4 && memcmp(nv[0].value, "POST", 4) == 0) ||
+             (nv[0].valuelen == 3 && memcmp(nv[0].value, "PUT", 3) == 0)) {
     evbuffer_add(out, "content-length: 0\r\n", 19);
   }
   evbuffer_add(out, "\r\n", 2);
@@ -262,6 +272,14 @@ static void hc_send(struct mg_h1conn *hc, struct mg_req *r) {
   if (!r->req_body)
     r->req_up_done = true;
   hc_pump(hc);
+}
+
+static bool body_ignored_by_some(const uint8_t *m, size_t l) {
+  static const char *const ms[] = {"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"};
+  for (size_t i = 0; i < MG_ARRAY_LEN(ms); i++)
+    if (strlen(ms[i]) == l && memcmp(ms[i], m, l) == 0)
+      return true;
+  return false;
 }
 
 /* ---- response parsing ---- */

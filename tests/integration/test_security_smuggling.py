@@ -260,6 +260,29 @@ def test_body_containing_a_second_request_is_just_body(t, with_length):
     _pool_in_sync(t, 2)
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE", "OPTIONS"])
+def test_body_on_a_bodiless_method_closes_the_connection(t, method):
+    """CL.0: a product that ignores the framing of a GET's body would parse the body as a
+    second request. meshgate frames the body as usual and sends `connection: close`, so no
+    further request can follow on that connection whatever the product does with it."""
+    m = marker()
+    body = b"GET /smuggled-cl0 HTTP/1.1\r\nHost: x\r\n\r\n"
+    c = RawH2(t.port)
+    sid = c.new_sid()
+    c.headers(sid, c.req_headers("/datasets/orders_fact/" + m, method=method,
+                                 extra=list(t.auth) + [("content-length", str(len(body)))]),
+              end_stream=False)
+    c.data(sid, body, end_stream=True)
+    st = c.wait_stream(sid)
+    c.close()
+    if st["status"] == 200:
+        (seen,) = t.upstream_saw(m)
+        assert ["connection", "close"] in [list(h) for h in seen["headers"]], seen["headers"]
+    else:  # refused before the product (405 for OPTIONS, 403 for a write): nothing seen
+        assert t.upstream_saw(m) == []
+    _pool_in_sync(t, 2)
+
+
 @pytest.mark.parametrize("trailers", [[("x-trailer", "1")],
                                       [("x-trailer", "1"), ("content-length", "1000")]],
                          ids=["plain", "with-content-length"])
