@@ -120,6 +120,12 @@ static void consider(struct state *st, const struct mg_ix_grant *g,
   const struct mg_ix_pat *pats = mg_ix_pats(g);
   for (uint16_t i = 0; i < g->npats && !hit; i++)
     hit = pat_match(g, &pats[i], rq->resource, rq->resource_len);
+  /* A trailing slash makes another resource ("a/" is not "a"), but many products serve
+   * both alike: a deny on "a" also covers "a/", so the slash is no way around it. */
+  size_t rl = rq->resource_len;
+  if (!hit && g->effect == MG_POLICY_DENY && rl > 0 && rq->resource[rl - 1] == '/')
+    for (uint16_t i = 0; i < g->npats && !hit; i++)
+      hit = pat_match(g, &pats[i], rq->resource, rl - 1);
   if (!hit) return;
   bool in_window = (g->not_before_us == MG_POLICY_NO_TIME || rq->now_us >= g->not_before_us) &&
                    (g->expires_us == MG_POLICY_NO_TIME || rq->now_us < g->expires_us);

@@ -668,9 +668,17 @@ static void diag_error(struct mg_admin_resp *rs, const struct mg_policy_diag *d,
   mg_buf_clear(&b);
 }
 
-static void rebuild_index(struct mg_admin_ctx *c) {
+/* After a committed edit. If the index cannot be rebuilt, the edit is in the store but
+ * not in force: the answer says so (500, whatever success it would have been), /readyz
+ * says so, and every admin call retries the rebuild until it succeeds. */
+static void rebuild_index(struct mg_admin_ctx *c, struct mg_admin_resp *rs) {
   int rc = mg_app_index_rebuild(c->app);
-  if (rc != 0) mg_error("admin: policy index rebuild failed: %s", mg_strerror(rc));
+  if (rc == 0) return;
+  mg_error("admin: policy index rebuild failed: %s", mg_strerror(rc));
+  resp_errorf(rs, 500, "not_in_force",
+              "the edit is committed but not in force: the policy index could not be rebuilt "
+              "(%s); the previous policy decides until a rebuild succeeds (retried on every "
+              "admin call, see /readyz)", mg_strerror(rc));
 }
 
 /* Product of a grant's canonical JSON (caller frees), or NULL. */
@@ -862,7 +870,6 @@ static void h_put(struct mg_admin_ctx *c, const struct mg_admin_req *rq, const c
     edit_error(rs, &e, rc, id);
     goto out;
   }
-  rebuild_index(c);
   char *canon = mg_policy_grant_to_json(g);
   mg_buf_reset(&rs->body);
   if (canon) mg_buf_appends(&rs->body, canon);
@@ -870,6 +877,7 @@ static void h_put(struct mg_admin_ctx *c, const struct mg_admin_req *rq, const c
   free(canon);
   mg_admin_resp_header(rs, "etag", etag);
   rs->status = created ? 201 : 200;
+  rebuild_index(c, rs);
 out:
   mg_policy_diag_clear(&diag);
   if (g) mg_policy_grant_free(g);
@@ -913,9 +921,9 @@ static void h_delete(struct mg_admin_ctx *c, const struct mg_admin_req *rq, cons
     edit_error(rs, &e, rc, id);
     goto out;
   }
-  rebuild_index(c);
   rs->status = 204;
   mg_buf_reset(&rs->body);
+  rebuild_index(c, rs);
 out:
   free(json);
   free(product);
@@ -975,7 +983,6 @@ static void h_import(struct mg_admin_ctx *c, const struct mg_admin_req *rq,
     edit_error(rs, &e, rc, "*import*");
     goto out;
   }
-  rebuild_index(c);
   char rev[MG_POLICY_REVISION_LEN] = "";
   uint64_t gen = 0;
   mg_policy_store_revision(c->app->policy, rev, &gen);
@@ -985,6 +992,7 @@ static void h_import(struct mg_admin_ctx *c, const struct mg_admin_req *rq,
   mg_buf_appendf(&rs->body, ",\"grants\":%zu,\"revision\":\"%s\",\"generation\":%llu}\n", ng,
                  rev, (unsigned long long)gen);
   rs->status = 200;
+  rebuild_index(c, rs);
 out:
   mg_policy_diag_clear(&diag);
   if (gs) mg_policy_grants_free(gs, ng);
@@ -1032,8 +1040,10 @@ static void h_decide(struct mg_admin_ctx *c, const struct mg_admin_req *rq,
     mg_admin_resp_error(rs, 400, "invalid_request", "/path: expected a string");
     goto out;
   }
-  if (jpur && !json_is_null(jpur) && !json_is_string(jpur)) {
-    mg_admin_resp_error(rs, 400, "invalid_request", "/purpose: expected a string or null");
+  if (jpur && !json_is_null(jpur) &&
+      (!json_is_string(jpur) || json_string_length(jpur) == 0 || json_string_length(jpur) > 256)) {
+    /* as on the data path, where x-mesh-purpose must be 1..256 bytes */
+    mg_admin_resp_error(rs, 400, "invalid_request", "/purpose: expected a 1..256 byte string or null");
     goto out;
   }
   if (jprod && !json_is_string(jprod)) {
@@ -1353,6 +1363,9 @@ static void h_readyz(struct mg_admin_ctx *c, struct mg_admin_resp *rs) {
   struct mg_policy_index *ix = mg_app_index_acquire(app);
   if (!ix) mg_buf_appendf(&reasons, "%s\"no policy index\"", nr++ ? "," : "");
   else mg_policy_index_unref(ix);
+  if (atomic_load(&app->index_stale))
+    mg_buf_appendf(&reasons, "%s\"policy index behind the store (rebuild failed)\"",
+                   nr++ ? "," : "");
 
   mg_buf_reset(&rs->body);
   mg_buf_appendf(&rs->body, "{\"ready\":%s", nr ? "false" : "true");
@@ -1587,6 +1600,8 @@ void mg_admin_dispatch(struct mg_admin_ctx *c, struct mg_admin_req *rq,
     forbidden(rs, "use the admin API");
     goto out;
   }
+  if (atomic_load(&c->app->index_stale) && mg_app_index_rebuild(c->app) == 0)
+    mg_info("admin: the policy index caught up with the store");
   switch (rid) {
   case R_GRANTS: h_list(c, rq, query, rs, &cl); break;
   case R_GRANT:

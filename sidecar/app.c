@@ -25,8 +25,10 @@ int mg_app_index_rebuild(struct mg_app *app) {
   int rv = mg_policy_index_build(app->policy, &nix);
   if (rv) {
     mg_error("policy: index rebuild failed: %s (the previous policy keeps serving)", mg_strerror(rv));
+    atomic_store(&app->index_stale, 1);
     return rv;
   }
+  atomic_store(&app->index_stale, 0);
   pthread_mutex_lock(&app->index_lock);
   struct mg_policy_index *old = atomic_exchange(&app->index, nix);
   pthread_mutex_unlock(&app->index_lock);

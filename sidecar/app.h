@@ -41,6 +41,8 @@ struct mg_app {
   struct mg_policy_store *policy;
   _Atomic(struct mg_policy_index *) index; /* current compiled index */
   pthread_mutex_t index_lock;             /* serialises rebuild+swap */
+  _Atomic int index_stale;                /* the last rebuild failed: the index in force is
+                                             older than the store (retried by the admin API) */
   struct mg_lineage_writer *lineage;
   struct mg_authn *authn;
   struct mg_server *server;

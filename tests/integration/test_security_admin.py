@@ -234,6 +234,17 @@ def test_bad_grant_ids_refused(gw, gid):
     assert r.status in (400, 404), r
 
 
+@pytest.mark.parametrize("purpose", ["", "x" * 257, 5, ["a"]])
+def test_decide_purpose_as_strict_as_the_data_path(gw, purpose):
+    """The explain tool must not answer for a request the data path refuses (an empty
+    x-mesh-purpose is a 400 there, and would skip a deny with purposes here)."""
+    r = call(gw, "POST", "/v1/decide", token=gw.admin,
+             body={"principals": ["user:x"], "method": "GET", "path": "/datasets/x",
+                   "purpose": purpose})
+    err(r, 400)
+    assert "/purpose" in r.json()["detail"]
+
+
 @pytest.mark.parametrize("raw,gid", [("%2E%2E", ".."), ("%2e", ".")])
 def test_dot_segment_grant_ids_refused(gw, raw, gid):
     """An id no client could address again (/v1/grants/.. is rewritten by every URL

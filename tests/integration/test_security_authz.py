@@ -163,6 +163,23 @@ def test_escaped_sub_delims_meet_the_grant_on_the_raw_spelling(gw, tok, spelling
     assert st["status"] == 200
 
 
+def test_trailing_slash_does_not_escape_a_deny(gw, tok):
+    """Many products serve /x/ as /x: a deny on datasets/orders_fact/<t> also holds for
+    datasets/orders_fact/<t>/ (while the analysts' allow on orders_fact/** is untouched)."""
+    t = tag()
+    g = {"id": "tsdeny-" + t, "effect": "deny", "subjects": ["group:analysts"],
+         "product": "orders", "resources": ["datasets/orders_fact/" + t], "actions": ["read"]}
+    r = mgtest.request(gw.mg.admin_url + "/v1/grants/" + g["id"], method="PUT", token=gw.admin,
+                       body=g, headers={"If-None-Match": "*"})
+    assert r.status == 201, r
+    for path in ("/datasets/orders_fact/" + t, "/datasets/orders_fact/" + t + "/",
+                 "/datasets/orders_fact/" + t + "//", "/datasets/orders_fact/" + t + "/./"):
+        st = send(gw, path, tok.analyst)
+        assert st["status"] == 403 and detail(st) == "denied_by_grant", (path, st)
+    assert gw.upstream_saw(t) == []
+    assert send(gw, "/datasets/orders_fact/%s/child" % t, tok.analyst)["status"] == 200
+
+
 def test_case_is_a_different_resource(gw, tok):
     t = tag()
     st = send(gw, "/datasets/Orders_fact/" + t, tok.analyst)
