@@ -260,11 +260,35 @@ int mg_lineage_export_nats(const struct mg_lineage_nats_source *src,
 
 /* ---- verify --------------------------------------------------------------- */
 
+/* What a successful verify proved, per origin: an auditor must be able to tell a whole
+ * log from a filtered one or one that starts after a prefix (both verify). */
+enum mg_lineage_verify_kind {
+  MG_VERIFY_COMPLETE,     /* every entry from index 0 to the last checkpoint */
+  MG_VERIFY_FROM_PREFIX,  /* every entry from `first` on; 0..first-1 only as Merkle hashes */
+  MG_VERIFY_FILTERED,     /* the entries present are proven included; completeness is not */
+  MG_VERIFY_NO_ENTRIES,   /* checkpoints only (a filtered export in which nothing matched) */
+};
+
+struct mg_lineage_verify_origin {
+  char name[256];
+  enum mg_lineage_verify_kind kind;
+  uint64_t first;         /* first index the export proves (prefix size), 0 for complete */
+  uint64_t size;          /* entries covered by its last verified checkpoint */
+  uint64_t entries;       /* entry lines of this origin */
+};
+
+#define MG_LINEAGE_VERIFY_MAX_ORIGINS 64
+
 struct mg_lineage_verify_result {
   uint64_t entries, checkpoints;
   uint64_t bad_index;     /* first bad entry index, UINT64_MAX if the problem has none */
   long bad_line;          /* 1-based line of the export where it failed, 0 if none */
   char reason[256];       /* one line, for stderr */
+  /* on success: the first MG_LINEAGE_VERIFY_MAX_ORIGINS origins (norigins counts all) */
+  size_t norigins;
+  struct mg_lineage_verify_origin origins[MG_LINEAGE_VERIFY_MAX_ORIGINS];
+  bool incomplete;        /* some origin is not MG_VERIFY_COMPLETE */
+  uint64_t min_size;      /* smallest last checkpoint size over all origins */
 };
 
 /* Verifies an export read from `in` with the given verifier keys (C2SP vkey lines).

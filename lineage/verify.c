@@ -112,6 +112,7 @@ struct origin {
   enum mode mode;
   bool started;             /* an entry or a prefix was seen */
   uint64_t start, next;     /* first index of the export; next expected index */
+  uint64_t nentries;        /* entry lines of this origin */
   struct mg_merkle_frontier f, cp_f; /* now; at the last good checkpoint */
   bool have_cp;
   uint64_t cp_size;         /* entries covered (== start before any checkpoint) */
@@ -285,9 +286,11 @@ static int full_entry(struct vstate *s, struct held *e) {
       return fail(s, MG_LINEAGE_E_VERIFY, e->line, o->next,
                   "entry %" PRIu64 ": missing, index %" PRIu64 " found instead (deleted or reordered entry)",
                   o->next, e->index);
-    return fail(s, MG_LINEAGE_E_VERIFY, e->line, o->next,
-                "entry %" PRIu64 ": index %" PRIu64 " found instead (inserted, repeated or reordered entry)",
-                o->next, e->index);
+    /* an index seen again: the first line that claimed it or this one was inserted */
+    return fail(s, MG_LINEAGE_E_VERIFY, e->line, e->index,
+                "entry %" PRIu64 ": a second entry with this index, where %" PRIu64
+                " was expected (inserted, repeated or reordered entry)",
+                e->index, o->next);
   }
   int rv = check_time(s, o, e->index, e->time, e->line);
   if (rv) return rv;
@@ -304,6 +307,7 @@ static int full_entry(struct vstate *s, struct held *e) {
   rv = mg_merkle_frontier_append(&o->f, e->leaf, NULL, NULL);
   if (rv) return fail(s, rv, e->line, e->index, "entry %" PRIu64 ": tree full", e->index);
   o->next++;
+  o->nentries++;
   s->res->entries++;
   return 0;
 }
@@ -543,6 +547,7 @@ static int on_proof(struct vstate *s, json_t *p) {
   r->line = e.line;
   memcpy(r->leaf, e.leaf, MG_HASH_LEN);
   o->nproofs++;
+  o->nentries++;
   s->res->entries++;
   return 0;
 }
@@ -822,6 +827,36 @@ static int on_line(struct vstate *s, const char *line, size_t len) {
   return rv;
 }
 
+/* What was proven, per origin (see mg_lineage_verify_kind). A "filtered":1 marker or a
+ * prefix line is not signed, so anyone can add one: the summary says what the export is,
+ * and the caller decides whether that is what it asked for (`verify --complete`). */
+static void summarise(struct vstate *s) {
+  struct mg_lineage_verify_result *res = s->res;
+  res->norigins = s->norigins;
+  res->incomplete = false;
+  res->min_size = UINT64_MAX;
+  for (size_t i = 0; i < s->norigins; i++) {
+    const struct origin *o = s->origins[i];
+    enum mg_lineage_verify_kind kind;
+    uint64_t size = o->have_cp ? o->cp_size : o->pre_cp ? o->pre_size : 0;
+    if (o->mode == MODE_FILTERED) kind = MG_VERIFY_FILTERED;
+    else if (!o->started) kind = size == 0 ? MG_VERIFY_COMPLETE : MG_VERIFY_NO_ENTRIES;
+    else if (o->start > 0) kind = MG_VERIFY_FROM_PREFIX;
+    else kind = MG_VERIFY_COMPLETE;
+    if (kind != MG_VERIFY_COMPLETE) res->incomplete = true;
+    if (size < res->min_size) res->min_size = size;
+    if (i < MG_LINEAGE_VERIFY_MAX_ORIGINS) {
+      struct mg_lineage_verify_origin *vo = &res->origins[i];
+      snprintf(vo->name, sizeof vo->name, "%s", o->name);
+      vo->kind = kind;
+      vo->first = kind == MG_VERIFY_FROM_PREFIX ? o->start : 0;
+      vo->size = size;
+      vo->entries = o->nentries;
+    }
+  }
+  if (res->min_size == UINT64_MAX) res->min_size = 0;
+}
+
 static int finish(struct vstate *s) {
   int rv = flush_held(s);
   if (rv) return rv;
@@ -851,6 +886,7 @@ static int finish(struct vstate *s) {
   if (s->res->checkpoints == 0)
     return fail(s, MG_LINEAGE_E_VERIFY, 0, s->res->entries ? 0 : UINT64_MAX,
                 "no checkpoint in the export: nothing is covered");
+  summarise(s);
   return 0;
 }
 

@@ -235,13 +235,28 @@ static int cmd_lineage_export(int argc, char **argv) {
 
 static int cmd_lineage_verify(int argc, char **argv) {
   static const struct option opts[] = {
-    {"key", required_argument, 0, 'k'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    {"key", required_argument, 0, 'k'}, {"complete", no_argument, 0, 'c'},
+    {"min-size", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
   char *keys[64];
   size_t nkeys = 0;
   int c, status = 0;
+  bool complete = false;
+  uint64_t min_size = 0;
   optind = 1;
   while ((c = getopt_long(argc, argv, "k:h", opts, NULL)) != -1) {
     switch (c) {
+    case 'c': complete = true; break;
+    case 'm': {
+      char *end = NULL;
+      errno = 0;
+      unsigned long long v = strtoull(optarg, &end, 10);
+      if (!*optarg || *end || errno || optarg[0] == '-') {
+        status = usage_error("lineage verify", "--min-size takes a number of entries");
+        goto out;
+      }
+      min_size = v;
+      break;
+    }
     case 'k': {
       if (nkeys == MG_ARRAY_LEN(keys)) { status = usage_error("lineage verify", "too many keys"); goto out; }
       /* a path to a .vkey file, or the vkey text itself */
@@ -259,10 +274,17 @@ static int cmd_lineage_verify(int argc, char **argv) {
       break;
     }
     case 'h':
-      printf("usage: meshgate lineage verify --key VKEY [--key VKEY...] FILE\n"
+      printf("usage: meshgate lineage verify --key VKEY [--key VKEY...] [--complete]\n"
+             "                               [--min-size N] FILE\n"
              "Verifies an export (FILE or - for stdin): every entry intact and covered by a\n"
              "checkpoint signed by one of the keys (a .vkey file or the key text). Exit 0 when\n"
-             "intact; otherwise 1 naming the first bad index.\n");
+             "intact; otherwise 1 naming the first bad index. It prints, per origin, what was\n"
+             "proven: the whole log, the entries after a prefix, or (filtered) the inclusion\n"
+             "of the entries present, which says nothing of the ones left out.\n"
+             "  --complete    fail unless every origin is whole from index 0 (not filtered,\n"
+             "                no prefix): the markers are not signed, anyone can add them\n"
+             "  --min-size N  fail if an origin's last checkpoint covers fewer than N entries\n"
+             "                (a truncated export; N from a checkpoint you trust)\n");
       status = 0;
       goto out;
     default: status = usage_error("lineage verify", "unknown option"); goto out;
@@ -284,8 +306,51 @@ static int cmd_lineage_verify(int argc, char **argv) {
       status = die("lineage verify: FAILED: %s", res.reason[0] ? res.reason : mg_strerror(rv));
     goto out;
   }
-  printf("OK: %llu entries, %llu checkpoints verified\n", (unsigned long long)res.entries,
-         (unsigned long long)res.checkpoints);
+  for (size_t i = 0; i < res.norigins && i < MG_LINEAGE_VERIFY_MAX_ORIGINS; i++) {
+    const struct mg_lineage_verify_origin *o = &res.origins[i];
+    if (complete && o->kind != MG_VERIFY_COMPLETE) {
+      status = die("lineage verify: FAILED (--complete): origin %s: %s", o->name,
+                   o->kind == MG_VERIFY_FROM_PREFIX ? "the export starts after a prefix"
+                                                    : "the export is filtered: completeness not proven");
+      goto out;
+    }
+    if (o->size < min_size) {
+      status = die("lineage verify: FAILED (--min-size %llu): origin %s: the last checkpoint covers "
+                   "%llu entries (truncated export)", (unsigned long long)min_size, o->name,
+                   (unsigned long long)o->size);
+      goto out;
+    }
+  }
+  if ((complete && res.incomplete) || res.min_size < min_size) { /* origins beyond the table */
+    status = die("lineage verify: FAILED: an origin beyond the first %d is %s",
+                 MG_LINEAGE_VERIFY_MAX_ORIGINS, res.min_size < min_size ? "truncated" : "not complete");
+    goto out;
+  }
+  printf("OK: %llu entries, %llu checkpoints verified%s\n", (unsigned long long)res.entries,
+         (unsigned long long)res.checkpoints,
+         res.incomplete ? " (NOT a complete log: see below)" : "");
+  for (size_t i = 0; i < res.norigins && i < MG_LINEAGE_VERIFY_MAX_ORIGINS; i++) {
+    const struct mg_lineage_verify_origin *o = &res.origins[i];
+    unsigned long long sz = o->size, n = o->entries, first = o->first;
+    switch (o->kind) {
+    case MG_VERIFY_COMPLETE:
+      printf("  %s: complete, entries 0..%lld, checkpoint %llu\n", o->name, (long long)sz - 1, sz);
+      break;
+    case MG_VERIFY_FROM_PREFIX:
+      printf("  %s: entries %llu..%lld after a prefix of %llu (not in this export), checkpoint %llu\n",
+             o->name, first, (long long)sz - 1, first, sz);
+      break;
+    case MG_VERIFY_FILTERED:
+      printf("  %s: filtered, %llu entries proven included in checkpoint %llu; completeness not proven\n",
+             o->name, n, sz);
+      break;
+    case MG_VERIFY_NO_ENTRIES:
+      printf("  %s: filtered, no entries; checkpoint %llu\n", o->name, sz);
+      break;
+    }
+  }
+  if (res.norigins > MG_LINEAGE_VERIFY_MAX_ORIGINS)
+    printf("  (%zu more origins)\n", res.norigins - MG_LINEAGE_VERIFY_MAX_ORIGINS);
 out:
   for (size_t i = 0; i < nkeys; i++) free(keys[i]);
   return status;

@@ -501,6 +501,68 @@ def test_filtered_export_verifies(lgw, mixed_traffic, args, match):
     assert rc == 1, err
 
 
+def verify_out(data, key, *extra):
+    r = subprocess.run([mgtest.meshgate_bin(), "lineage", "verify", "--key", key] + list(extra)
+                       + ["-"], input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=60)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def test_verify_says_what_it_proved(lgw, mixed_traffic):
+    """An export can be cut down without the key and still verify: filtered (its marker is
+    not signed), after a prefix, or ended at an earlier checkpoint. verify says which, and
+    --complete / --min-size turn that into a failure for an auditor who asked for all."""
+    key = vkey(lgw)
+    full = lgw.export()
+    lines = full.splitlines()
+    cps = [i for i, x in enumerate(lines) if x.startswith(b'{"checkpoint"')]
+    size = int(json.loads(lines[cps[-1]])["checkpoint"].split("\n")[1])
+    rc, out, err = verify_out(full, key, "--complete", "--min-size", str(size))
+    assert rc == 0, err
+    assert "complete, entries 0..%d, checkpoint %d" % (size - 1, size) in out, out
+    assert "NOT a complete log" not in out
+
+    # the tail cut at an earlier checkpoint: intact, but --min-size from a trusted size fails
+    cut = b"\n".join(lines[:cps[0] + 1]) + b"\n"
+    first = int(json.loads(lines[cps[0]])["checkpoint"].split("\n")[1])
+    assert first < size
+    rc, out, err = verify_out(cut, key)
+    assert rc == 0 and "checkpoint %d" % first in out, (out, err)
+    rc, out, err = verify_out(cut, key, "--min-size", str(size))
+    assert rc == 1 and "truncated export" in err and "covers %d entries" % first in err, err
+
+    # every entry removed, the checkpoints marked "filtered": verifies, but says so
+    stripped = []
+    for x in lines:
+        o = json.loads(x)
+        if "checkpoint" in o:
+            o.pop("leaves", None)
+            o["filtered"] = 1
+            stripped.append(json.dumps(o, separators=(",", ":")).encode())
+    data = b"\n".join(stripped) + b"\n"
+    rc, out, err = verify_out(data, key)
+    assert rc == 0, err
+    assert "NOT a complete log" in out and "filtered, no entries" in out, out
+    rc, out, err = verify_out(data, key, "--complete")
+    assert rc == 1 and "completeness not proven" in err, err
+
+    # a real filtered export: inclusion proven, completeness not
+    data = lgw.export("--principal", "user:alice")
+    rc, out, err = verify_out(data, key)
+    assert rc == 0 and "entries proven included" in out and "completeness not proven" in out, out
+    rc, out, err = verify_out(data, key, "--complete")
+    assert rc == 1 and "filtered" in err, err
+
+    # an export after a prefix (--since): the entries before it are not in the file
+    entries = [json.loads(x) for x in lines if b'"index"' in x]
+    mid = entries[len(entries) // 2]
+    data = lgw.export("--since", mid["time"])
+    rc, out, err = verify_out(data, key)
+    assert rc == 0 and "after a prefix of %d" % mid["index"] in out, (out, err)
+    rc, out, err = verify_out(data, key, "--complete")
+    assert rc == 1 and "starts after a prefix" in err, err
+
+
 def _schema_validator():
     try:
         import jsonschema

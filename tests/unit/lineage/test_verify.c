@@ -376,7 +376,7 @@ static void test_deleted_reordered_inserted(void **state) {
   build_full(&e, L, 0, 100, CPS, 3, true);
   p = pos_of(&e, ORIGIN, 57);
   insert_at(&e, p + 1, strdup(e.l[p]));
-  EXPECT_FAIL(&e, 58, "inserted");
+  EXPECT_FAIL(&e, 57, "a second entry with this index");
   exp_free(&e);
 
   /* an inserted entry with every later index renumbered: caught by the root, pinned by leaves */
