@@ -680,8 +680,11 @@ static void req_timer_cb(evutil_socket_t fd, short what, void *arg) {
       mg_tp_req_up_fail(r, 504, "upstream_timeout", "no response headers in time");
       return;
     }
-    bool client_owes = (!r->req_eof && !r->local && r->reqbuf.len == 0) ||
-                       r->respbuf.len > 0 || (r->local && r->local_off < r->local_len);
+    /* The client owes the rest of its request whenever nothing of it waits in reqbuf,
+     * also after a local answer (401, 404...): a client that never ends such a stream
+     * would otherwise hold it, and its connection, open forever. */
+    bool client_owes = (!r->req_eof && r->reqbuf.len == 0) || r->respbuf.len > 0 ||
+                       (r->local && r->local_off < r->local_len);
     if (client_owes && idle >= idle_us) {
       mg_info("conn %s stream %d: no body progress for %ds, reset", c->peer, r->stream_id,
               idle_s(conn_cfg(c)));

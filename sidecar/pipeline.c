@@ -57,7 +57,7 @@ struct rq {
   const char *purpose;
   bool have_id;
   struct mg_authn_identity id;
-  char spiffe_principal[300];
+  char *spiffe_principal;     /* "spiffe:<ID>" (IDs up to 2048 bytes), NULL without mTLS */
   const char *principal;     /* the one value of x-mesh-principal */
   const char *decision;      /* lineage decision word */
   char reason[96];
@@ -346,7 +346,15 @@ static void jwks_refreshed(void *arg) {
 /* Returns 1 when authenticated, 0 when the request was answered or is waiting. */
 static int authenticate(struct rq *r, struct pworker *pw) {
   const struct mg_req_info *in = mg_req_info(r->req);
-  if (in->spiffe) snprintf(r->spiffe_principal, sizeof r->spiffe_principal, "spiffe:%s", in->spiffe);
+  if (in->spiffe && !r->spiffe_principal) {
+    size_t n = strlen(in->spiffe);
+    if (!(r->spiffe_principal = malloc(n + 8))) {
+      answer(r, 503, "overloaded", "out of memory", NULL, 0);
+      return 0;
+    }
+    memcpy(r->spiffe_principal, "spiffe:", 7);
+    memcpy(r->spiffe_principal + 7, in->spiffe, n + 1);
+  }
   if (r->route->auth == MG_ROUTE_AUTH_MTLS && in->spiffe && !in->authorization) {
     r->principal = r->spiffe_principal;
     return 1;
@@ -403,7 +411,7 @@ static int authorize(struct rq *r, struct pworker *pw) {
     if (r->id.client) principals[n++] = r->id.client;
     for (size_t i = 0; i < r->id.ngroups && n < MG_ARRAY_LEN(principals) - 1; i++) principals[n++] = r->id.groups[i];
   }
-  if (r->spiffe_principal[0]) principals[n++] = r->spiffe_principal;
+  if (r->spiffe_principal) principals[n++] = r->spiffe_principal;
   struct mg_policy_index *ix = pw_index(pw);
   if (!ix) {
     refuse(r, 503, "error", "policy_unavailable", "no policy loaded", NULL, 0);
@@ -589,6 +597,7 @@ void mg_pipeline_on_close(struct mg_req *req, const struct mg_req_outcome *o) {
   access_log(r, o, pw);
   if (r->have_id) mg_authn_identity_release(&r->id);
   free(r->canon);
+  free(r->spiffe_principal);
   mg_config_unref(r->cfg);
   rq_free(pw, r);
   mg_req_set_data(req, NULL);

@@ -205,3 +205,83 @@ def test_principal_headers_reach_upstream_and_inbound_copies_are_stripped(gw):
     assert len(rid) == 1 and rid[0] != "evil"
     tp = val("traceparent")[0]
     assert tp.split("-")[1] == rid[0].replace("-", "")
+
+
+# ---- mTLS: SPIFFE principals on the data path ------------------------------------------------
+
+
+def test_mtls_spiffe_principal_whole_in_grants_header_and_lineage(tmp_path):
+    """A route with "auth": "mtls": the client certificate's SPIFFE ID is the principal.
+    Grants name it; the product gets it in x-mesh-principal and the lineage entry records
+    it whole, also when it is long (IDs up to 2048 bytes; it was cut at 299 before)."""
+    import os
+    import subprocess
+    import mgtest
+    pki = tmp_path / "pki"
+    subprocess.run(["sh", os.path.join(mgtest.ROOT, "certs", "mkcerts.sh"), str(pki)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    long_id = "spiffe://mesh.test/ns/analytics/sa/" + "r" * 600
+
+    def client_cert(name, spiffe):
+        k, csr, crt, ext = (str(tmp_path / (name + x)) for x in (".key", ".csr", ".pem", ".ext"))
+        subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", k],
+                       check=True)
+        subprocess.run(["openssl", "req", "-new", "-key", k, "-subj", "/CN=" + name, "-out", csr],
+                       check=True)
+        with open(ext, "w") as f:
+            f.write("extendedKeyUsage=clientAuth\nsubjectAltName=URI:%s\n" % spiffe)
+        subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", str(pki / "ca.pem"), "-CAkey",
+                        str(pki / "ca.key"), "-CAcreateserial", "-CAserial", str(tmp_path / "srl"),
+                        "-days", "1", "-extfile", ext, "-out", crt], check=True,
+                       stderr=subprocess.DEVNULL)
+        return ["--cert", crt, "--key", k]
+
+    keys = mgtest.make_keys_and_jwks(tmp_path)
+    up = mgtest.start_upstream(tmp_path)
+    cfg = mgtest.write_config(tmp_path, {
+        "upstream": {"address": "127.0.0.1:%d" % up.port},
+        "listen": {"tls": {"cert": str(pki / "server.pem"), "key": str(pki / "server.key"),
+                           "client_ca": str(pki / "ca.pem")}},
+        "routes": [{"prefix": "/datasets/", "dataset": "segment:2", "auth": "mtls"}]})
+    mg = mgtest.start_meshgate(cfg)
+    ca = ["--cacert", str(pki / "ca.pem")]
+    try:
+        mgtest.wait_ready(mg)
+        admin = mgtest.mint(keys, sub="platform", scope="mesh:admin")
+        grants = [{"id": "mtls-reporter", "effect": "allow", "product": "orders",
+                   "subjects": ["spiffe:spiffe://mesh.test/ns/analytics/sa/reporter"],
+                   "resources": ["datasets/sales/**"], "actions": ["read"]},
+                  {"id": "mtls-any", "effect": "allow", "product": "orders", "subjects": ["*"],
+                   "resources": ["datasets/open/**"], "actions": ["read"]}]
+        for g in grants:
+            r = mgtest.request(mg.admin_url + "/v1/grants/" + g["id"], method="PUT", token=admin,
+                               body=g, headers={"If-None-Match": "*"})
+            assert r.status == 201, r
+        reporter = ca + ["--cert", str(pki / "client.pem"), "--key", str(pki / "client.key")]
+        r = mgtest.request(mg.data_url + "/datasets/sales/m1", curl_args=reporter, http2=True)
+        assert r.status == 200, r
+        # no certificate: no identity on an mtls route
+        r = mgtest.request(mg.data_url + "/datasets/sales/m2", curl_args=ca, http2=True)
+        assert r.status == 401, r
+        # another workload: its own ID, which the reporter's grant does not name
+        longc = ca + client_cert("long", long_id)
+        assert mgtest.request(mg.data_url + "/datasets/sales/m3", curl_args=longc, http2=True).status == 403
+        r = mgtest.request(mg.data_url + "/datasets/open/m4", curl_args=longc, http2=True)
+        assert r.status == 200, r
+        seen = [json.loads(x) for x in open(up.log_path)]
+        (m4,) = [x for x in seen if x.get("path") == "/datasets/open/m4" and not x.get("done")]
+        assert dict(m4["headers"])["x-mesh-principal"] == "spiffe:" + long_id
+        assert not [x for x in seen if x.get("path", "").endswith(("/m2", "/m3"))]
+        assert mgtest.request(mg.admin_url + "/v1/lineage/checkpoint").status == 200
+        out = subprocess.run([mgtest.meshgate_bin(), "lineage", "export", "--db",
+                              str(tmp_path / "var" / "lineage")], stdout=subprocess.PIPE,
+                             timeout=60, check=True).stdout
+        ents = [json.loads(x) for x in out.splitlines() if b'"index"' in x]
+        by_path = {e.get("path"): e for e in ents if "of" not in e and "path" in e}
+        assert by_path["/datasets/sales/m1"]["principal"] == \
+            "spiffe:spiffe://mesh.test/ns/analytics/sa/reporter"
+        assert by_path["/datasets/open/m4"]["principal"] == "spiffe:" + long_id
+        assert by_path["/datasets/sales/m3"]["decision"] == "deny"
+    finally:
+        mgtest.stop(mg)
+        mgtest.stop(up)

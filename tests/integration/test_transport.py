@@ -790,6 +790,24 @@ def test_client_not_sending_body_is_reset(passthrough_bin, upstream, proxies):
     c.close()
 
 
+def test_local_answer_to_a_silent_client_is_reset(passthrough_bin, upstream, proxies):
+    """A request answered by meshgate itself (401, 403, 404...) whose client never ends it:
+    after the answer, the stream is reset once the body timeout passes, so silent
+    half-closed streams cannot pile up and keep the connection from idling out."""
+    p = proxies(passthrough_bin, upstream.address, "--idle-timeout", "1")
+    c = H2Client(p.port)
+    sids = [c.request("/__local404", end=False) for _ in range(5)]  # headers, then silence
+    for sid in sids:
+        st = c.wait(sid, 6)
+        assert st["status"] == 404 and st["ended"], st
+    c.pump(lambda: all(c.streams[s]["reset"] is not None for s in sids), 6)
+    assert [c.streams[s]["reset"] for s in sids] == [8] * 5  # CANCEL
+    # nothing open: the idle connection is closed (GOAWAY) by the idle timer
+    c.pump(lambda: c.goaway is not None or c.closed, 6)
+    assert c.goaway is not None or c.closed
+    c.close()
+
+
 def test_grpc_bidi_streaming_large(passthrough_bin, proxies):
     grpc = pytest.importorskip("grpc")
     from concurrent import futures
