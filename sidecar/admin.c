@@ -500,7 +500,13 @@ static int authenticate(struct mg_admin_ctx *c, const struct mg_admin_req *rq,
     mg_admin_resp_header(rs, "www-authenticate", "Bearer");
     return -1;
   }
-  if (strncasecmp(authz, "Bearer ", 7) != 0 || !authz[7] || !c->app->authn) {
+  struct mg_authn *an = atomic_load(&c->app->authn);
+  if (an != c->cache_of) { /* a reload changed the issuers: no verdict of the old ones */
+    mg_authn_cache_free(c->cache);
+    c->cache = mg_authn_cache_new(256);
+    c->cache_of = an;
+  }
+  if (strncasecmp(authz, "Bearer ", 7) != 0 || !authz[7] || !an) {
     mg_admin_resp_error(rs, 401, "invalid_token", "expected 'Authorization: Bearer <token>'");
     mg_admin_resp_header(rs, "www-authenticate", "Bearer error=\"invalid_token\"");
     return -1;
@@ -510,12 +516,12 @@ static int authenticate(struct mg_admin_ctx *c, const struct mg_admin_req *rq,
   char reason[128] = "invalid token";
   int rc = MG_AUTHN_E_PENDING;
   for (int attempt = 0; attempt < 2 && rc == MG_AUTHN_E_PENDING; attempt++) {
-    rc = mg_authn_verify(c->app->authn, c->cache, tok, toklen, mg_time_now_us(), &cl->id,
+    rc = mg_authn_verify(an, c->cache, tok, toklen, mg_time_now_us(), &cl->id,
                          reason, sizeof reason);
     if (rc == MG_AUTHN_E_PENDING && attempt == 0) {
       struct waiter *w = waiter_new();
       if (!w) break;
-      int wr = mg_authn_wait_refresh(c->app->authn, jwks_refreshed, w);
+      int wr = mg_authn_wait_refresh(an, jwks_refreshed, w);
       if (wr == -EALREADY) {
         waiter_unref(w); /* the callback never runs */
         waiter_unref(w);
@@ -1455,10 +1461,11 @@ static void h_metrics(struct mg_admin_ctx *c, struct mg_admin_resp *rs) {
                     "# TYPE meshgate_policy_grants gauge\nmeshgate_policy_grants %zu\n",
                  (unsigned long long)gen, ngrants);
 
-  if (app->authn) {
+  struct mg_authn *an = atomic_load(&app->authn);
+  if (an) {
     const char *names[16];
     double ages[16];
-    size_t n = mg_authn_jwks_ages(app->authn, names, ages, 16);
+    size_t n = mg_authn_jwks_ages(an, names, ages, 16);
     mg_buf_appends(b, "# HELP meshgate_jwks_age_seconds Age of each issuer's key set.\n"
                       "# TYPE meshgate_jwks_age_seconds gauge\n");
     for (size_t i = 0; i < n && i < 16; i++) {

@@ -44,7 +44,8 @@ struct mg_app {
   _Atomic int index_stale;                /* the last rebuild failed: the index in force is
                                              older than the store (retried by the admin API) */
   struct mg_lineage_writer *lineage;
-  struct mg_authn *authn;
+  _Atomic(struct mg_authn *) authn;      /* swapped by a reload that changes identity;
+                                             replaced ones are stopped, freed at exit */
   struct mg_server *server;
   struct mg_metrics metrics;
   _Atomic int ready;                      /* 0 while starting or after lineage failure */

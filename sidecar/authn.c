@@ -356,7 +356,7 @@ fail_alloc:
   return rc;
 }
 
-void mg_authn_free(struct mg_authn *a) {
+void mg_authn_stop(struct mg_authn *a) {
   if (!a) return;
   if (a->have_thr) {
     pthread_mutex_lock(&a->lock);
@@ -364,13 +364,23 @@ void mg_authn_free(struct mg_authn *a) {
     pthread_cond_signal(&a->cond);
     pthread_mutex_unlock(&a->lock);
     pthread_join(a->thr, NULL);
+    a->have_thr = false;
   }
   /* waiters still registered would wait forever: tell them the refresh ended */
-  for (struct waiter *w = a->waiters, *nx; w; w = nx) {
+  pthread_mutex_lock(&a->lock);
+  struct waiter *w = a->waiters;
+  a->waiters = NULL;
+  pthread_mutex_unlock(&a->lock);
+  for (struct waiter *nx; w; w = nx) {
     nx = w->next;
     w->fn(w->arg);
     free(w);
   }
+}
+
+void mg_authn_free(struct mg_authn *a) {
+  if (!a) return;
+  mg_authn_stop(a);
   for (size_t i = 0; i < a->niss; i++) issuer_clear(&a->iss[i]);
   free(a->iss);
   pthread_cond_destroy(&a->cond);
@@ -403,8 +413,9 @@ void mg_authn_reload(struct mg_authn *a) {
 int mg_authn_wait_refresh(struct mg_authn *a, void (*fn)(void *arg), void *arg) {
   int rc = -EALREADY;
   pthread_mutex_lock(&a->lock);
-  bool pending = a->refreshing;
-  for (size_t i = 0; i < a->niss && !pending; i++) pending = a->iss[i].want || a->iss[i].busy;
+  bool pending = a->refreshing && !a->stop; /* a stopped verifier (replaced) refreshes nothing */
+  for (size_t i = 0; i < a->niss && !pending && !a->stop; i++)
+    pending = a->iss[i].want || a->iss[i].busy;
   if (pending) {
     struct waiter *w = malloc(sizeof *w);
     if (w) {

@@ -53,6 +53,9 @@ struct mg_authn_cache;
  * at start. */
 int mg_authn_new(const struct mg_config *cfg, struct mg_authn **out, char *err, size_t errlen);
 void mg_authn_free(struct mg_authn *a);
+/* Stops the refresh thread and wakes every waiter; verification still works on the key
+ * sets held (a set replaced on reload stays valid for requests already using it). */
+void mg_authn_stop(struct mg_authn *a);
 /* SIGHUP: reloads JWKS files/URLs (keeps the old set on failure, logs why). */
 void mg_authn_reload(struct mg_authn *a);
 

@@ -369,10 +369,16 @@ static int cmd_lineage(int argc, char **argv) {
 
 /* ---- serve ---- */
 
+/* An encrypted key would make OpenSSL prompt on the terminal: refuse it instead. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u) {
+  (void)buf, (void)size, (void)rwflag, (void)u;
+  return -1;
+}
+
 static int check_signing_key(const char *path) {
   FILE *f = fopen(path, "r");
   if (!f) return -errno;
-  EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+  EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, no_passphrase, NULL);
   fclose(f);
   if (!k) return MG_ERR_INVALID;
   int ok = EVP_PKEY_get_base_id(k) == EVP_PKEY_ED25519;
@@ -382,6 +388,33 @@ static int check_signing_key(const char *path) {
 
 static struct mg_config **retired;
 static size_t nretired;
+static struct mg_authn **retired_authn;
+static size_t nretired_authn;
+
+static bool str_eq(const char *a, const char *b) { return a == b || (a && b && !strcmp(a, b)); }
+
+static bool strs_eq(char *const *a, size_t na, char *const *b, size_t nb) {
+  if (na != nb) return false;
+  for (size_t i = 0; i < na; i++)
+    if (!str_eq(a[i], b[i])) return false;
+  return true;
+}
+
+/* Everything mg_authn_new reads. */
+static bool identity_equal(const struct mg_config *a, const struct mg_config *b) {
+  if (a->nissuers != b->nissuers || a->max_token_bytes != b->max_token_bytes) return false;
+  for (size_t i = 0; i < a->nissuers; i++) {
+    const struct mg_config_issuer *x = &a->issuers[i], *y = &b->issuers[i];
+    if (!str_eq(x->name, y->name) || !str_eq(x->issuer, y->issuer) ||
+        !strs_eq(x->audiences, x->naudiences, y->audiences, y->naudiences) ||
+        !str_eq(x->jwks_file, y->jwks_file) || !str_eq(x->jwks_url, y->jwks_url) ||
+        !strs_eq(x->algorithms, x->nalgorithms, y->algorithms, y->nalgorithms) ||
+        !str_eq(x->groups_claim, y->groups_claim) || x->clock_skew_s != y->clock_skew_s ||
+        x->jwks_refresh_s != y->jwks_refresh_s || x->jwks_min_refresh_s != y->jwks_min_refresh_s)
+      return false;
+  }
+  return true;
+}
 
 static void reload(struct mg_app *app) {
   struct mg_config *old = atomic_load(&app->cfg);
@@ -395,12 +428,52 @@ static void reload(struct mg_app *app) {
       strcmp(ncfg->policy_db, old->policy_db) || strcmp(ncfg->admin_address, old->admin_address) ||
       strcmp(ncfg->origin, old->origin) || ncfg->workers != old->workers)
     mg_warn("reload: listen/admin address, workers, databases and origin change only on restart");
-  if (mg_server_reload(app->server, ncfg, err, sizeof err)) {
+  if (!str_eq(ncfg->signing_key, old->signing_key) ||
+      !strs_eq(ncfg->old_signing_keys, ncfg->nold_signing_keys, old->old_signing_keys,
+               old->nold_signing_keys) ||
+      ncfg->lineage_map_size_mb != old->lineage_map_size_mb ||
+      ncfg->policy_map_size_mb != old->policy_map_size_mb || ncfg->durability != old->durability ||
+      ncfg->checkpoint_every_ms != old->checkpoint_every_ms ||
+      ncfg->deny_entries_per_s != old->deny_entries_per_s || (!ncfg->nats) != (!old->nats) ||
+      (ncfg->nats && (!strs_eq(ncfg->nats->servers, ncfg->nats->nservers, old->nats->servers,
+                               old->nats->nservers) ||
+                      !str_eq(ncfg->nats->stream, old->nats->stream) ||
+                      !str_eq(ncfg->nats->subject, old->nats->subject))) ||
+      (ncfg->admin_tls != NULL) != (old->admin_tls != NULL))
+    mg_warn("reload: the lineage settings (signing keys, map sizes, durability, checkpoint "
+            "period, deny budget, NATS) and the admin listener's TLS change only on restart");
+  ncfg->durability = old->durability; /* the writer's mode, fixed at start: keep them one */
+  /* Identity: a changed issuer list must take effect (a removed issuer's tokens refused),
+   * so a new verifier is built first; if it cannot load its keys, the reload is refused. */
+  struct mg_authn *nauthn = NULL, *oauthn = atomic_load(&app->authn);
+  if (!identity_equal(ncfg, old) && mg_authn_new(ncfg, &nauthn, err, sizeof err)) {
     mg_error("reload rejected, the running configuration stays: %s", err);
     mg_config_unref(ncfg);
     return;
   }
-  mg_authn_reload(app->authn);
+  struct mg_authn **ra = nauthn ? realloc(retired_authn, (nretired_authn + 1) * sizeof *ra) : NULL;
+  if (nauthn && !ra) {
+    mg_error("reload rejected, the running configuration stays: out of memory");
+    mg_authn_free(nauthn);
+    mg_config_unref(ncfg);
+    return;
+  }
+  if (mg_server_reload(app->server, ncfg, err, sizeof err)) {
+    mg_error("reload rejected, the running configuration stays: %s", err);
+    mg_authn_free(nauthn);
+    mg_config_unref(ncfg);
+    return;
+  }
+  if (nauthn) {
+    /* requests verifying with the old one finish with it; it is freed at exit */
+    retired_authn = ra;
+    retired_authn[nretired_authn++] = oauthn;
+    atomic_store(&app->authn, nauthn);
+    mg_authn_stop(oauthn);
+    mg_info("reload: identity settings changed: issuers and their keys reloaded");
+  } else {
+    mg_authn_reload(oauthn);
+  }
   struct mg_config **r = realloc(retired, (nretired + 1) * sizeof *r);
   if (r) { retired = r; retired[nretired++] = old; }
   atomic_store(&app->cfg, ncfg);
@@ -421,8 +494,9 @@ static int cmd_serve(int argc, char **argv) {
     case 'C': check = true; break;
     case 'h':
       printf("usage: meshgate serve -c FILE [--check]\n"
-             "Runs the sidecar. SIGHUP reloads certificates, JWKS and the config (a bad config\n"
-             "is rejected and the old one keeps serving); SIGTERM drains and exits 0.\n\n");
+             "Runs the sidecar. SIGHUP reloads the config, identity, JWKS and the data\n"
+             "listener's certificates (a bad config is rejected and the old one keeps\n"
+             "serving); SIGTERM drains and exits 0.\n\n");
       mg_config_print_help(stdout);
       return 0;
     default: return usage_error("serve", "unknown option");
@@ -436,6 +510,15 @@ static int cmd_serve(int argc, char **argv) {
   struct mg_config *cfg = NULL;
   char err[1024];
   if (mg_config_load(path, &cfg, err, sizeof err)) return die("%s", err);
+  /* Signals: blocked before any thread starts (the JWKS refresh thread and libcurl's
+   * resolver threads inherit the mask), taken by the main thread with sigwait. A thread
+   * with them unblocked would die of a SIGHUP or SIGTERM at their default action. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  if (!check) pthread_sigmask(SIG_BLOCK, &set, NULL);
   int rv = check_signing_key(cfg->signing_key);
   if (rv) {
     die("%s: /lineage/signing_key: %s is not a readable Ed25519 private key (%s)", path, cfg->signing_key,
@@ -455,13 +538,6 @@ static int cmd_serve(int argc, char **argv) {
     return 0;
   }
 
-  /* Signals: blocked in every thread, taken here with sigwait. */
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
   signal(SIGPIPE, SIG_IGN);
 
   static struct mg_app app;
@@ -530,6 +606,12 @@ static int cmd_serve(int argc, char **argv) {
   mg_admin_stop(admin);
 fail_admin:
   if (status) mg_server_stop(app.server, 0);
+  /* The writer's last callbacks and the JWKS waiters post to the workers: both end
+   * before the workers and their pipeline state are freed. */
+  mg_lineage_writer_close(app.lineage);
+  app.lineage = NULL;
+  mg_authn_stop(atomic_load(&app.authn));
+  for (size_t i = 0; i < nretired_authn; i++) mg_authn_stop(retired_authn[i]);
   mg_server_free(app.server);
   mg_pipeline_shutdown();
 fail_server:
@@ -539,7 +621,9 @@ fail_lineage:
 fail_index:
   mg_policy_store_close(app.policy);
 fail_policy:
-  mg_authn_free(app.authn);
+  mg_authn_free(atomic_load(&app.authn));
+  for (size_t i = 0; i < nretired_authn; i++) mg_authn_free(retired_authn[i]);
+  free(retired_authn);
   mg_config_unref(atomic_load(&app.cfg));
   for (size_t i = 0; i < nretired; i++) mg_config_unref(retired[i]);
   free(retired);

@@ -27,6 +27,7 @@
 struct pworker {
   struct pworker *next;      /* registry, for shutdown */
   struct mg_authn_cache *cache;
+  const struct mg_authn *cache_of; /* the verifier the cache's verdicts came from */
   struct mg_policy_index *ix; /* cached reference to the app's current index */
   struct mg_buf logq;         /* access-log lines not written yet (see log_flush) */
   /* lineage commits done for this worker's requests, newest first (pushed by the writer
@@ -372,17 +373,25 @@ static int authenticate(struct rq *r, struct pworker *pw) {
   const char *tok = auth + 7;
   while (*tok == ' ') tok++;
   char why[96] = "";
-  int rv = mg_authn_verify(mg_app->authn, pw->cache, tok, strlen(tok), mg_time_now_us(), &r->id, why, sizeof why);
+  struct mg_authn *an = atomic_load(&mg_app->authn);
+  if (pw->cache_of != an) { /* a reload changed the issuers: no verdict of the old ones */
+    if (pw->cache_of) {
+      mg_authn_cache_free(pw->cache);
+      pw->cache = mg_authn_cache_new(4096); /* NULL (out of memory): verified uncached */
+    }
+    pw->cache_of = an;
+  }
+  int rv = mg_authn_verify(an, pw->cache, tok, strlen(tok), mg_time_now_us(), &r->id, why, sizeof why);
   if (rv == MG_AUTHN_E_PENDING) {
     struct wake *wk = malloc(sizeof *wk);
     if (wk) {
       wk->w = r->w;
       wk->handle = r->handle;
       r->state = RQ_WAIT_JWKS;
-      if (mg_authn_wait_refresh(mg_app->authn, jwks_refreshed, wk) == 0) return 0;
+      if (mg_authn_wait_refresh(an, jwks_refreshed, wk) == 0) return 0;
       free(wk);
       r->state = RQ_NEW;
-      rv = mg_authn_verify(mg_app->authn, pw->cache, tok, strlen(tok), mg_time_now_us(), &r->id, why, sizeof why);
+      rv = mg_authn_verify(an, pw->cache, tok, strlen(tok), mg_time_now_us(), &r->id, why, sizeof why);
     }
     if (rv == MG_AUTHN_E_PENDING) { rv = MG_AUTHN_E_INVALID; snprintf(why, sizeof why, "unknown key id"); }
   }
@@ -504,8 +513,12 @@ void mg_pipeline_on_request(struct mg_req *req) {
     return;
   }
   r->purpose = in->npurposes == 1 ? in->purposes[0] : NULL;
-  if (r->purpose && (!r->purpose[0] || strlen(r->purpose) > 256)) {
-    refuse(r, 400, "error", "bad_request", "x-mesh-purpose must be 1..256 bytes", NULL, 0);
+  if (r->purpose && (!r->purpose[0] || strlen(r->purpose) > 256 ||
+                     !mg_utf8_valid(r->purpose, strlen(r->purpose)))) {
+    /* not recorded as given: an entry holds valid UTF-8 only, and a refusal must be
+     * recorded too */
+    r->purpose = NULL;
+    refuse(r, 400, "error", "bad_request", "x-mesh-purpose must be 1..256 bytes of UTF-8", NULL, 0);
     return;
   }
   r->route = mg_route_match(r->cfg, r->canon, r->path_len);

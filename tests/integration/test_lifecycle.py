@@ -182,6 +182,45 @@ def test_sighup_bad_config_rejected_old_keeps_serving(tmp_path):
         gw.close()
 
 
+def test_sighup_identity_changes_take_effect(tmp_path):
+    """Identity settings are reloaded too: an audience removed from the issuer refuses the
+    tokens made for it at once (also one verified and cached before the reload), and one
+    added is accepted; the admin API follows the same verifier."""
+    gw = Gateway(tmp_path)
+    try:
+        old_aud = gw.issuer.es256(sub="etl", azp="etl", exp_in=3600)
+        new_aud = gw.issuer.es256(sub="etl", azp="etl", exp_in=3600, aud="mesh-v2")
+        c = RawH2(gw.mg.data_port, timeout=5)
+
+        def status(token, path):
+            return c.wait_stream(c.request(path, headers=[("authorization", "Bearer " + token)]))["status"]
+        assert status(old_aud, "/datasets/sales/a") == 200  # verified and cached
+        assert status(new_aud, "/datasets/sales/b") == 401
+        cfg = load_cfg(gw)
+        cfg["identity"]["issuers"][0]["audiences"] = ["mesh-v2"]
+        save_cfg(gw, cfg)
+        n = len(log_records(gw))
+        gw.mg.proc.send_signal(signal.SIGHUP)
+        wait_log(gw, "configuration reloaded", n)
+        assert any("identity settings changed" in x.get("msg", "") for x in log_records(gw)[n:])
+        assert status(old_aud, "/datasets/sales/c") == 401  # on the open connection, too
+        assert status(new_aud, "/datasets/sales/d") == 200
+        c.close()
+        r = mgtest.request(gw.mg.admin_url + "/v1/grants", token=gw.admin)
+        assert r.status == 401, r  # the admin token was made for the old audience
+        # an issuer whose keys cannot be loaded: the reload is refused, nothing changes
+        cfg["identity"]["issuers"][0]["jwks_file"] = "missing.json"
+        save_cfg(gw, cfg)
+        n = len(log_records(gw))
+        gw.mg.proc.send_signal(signal.SIGHUP)
+        rec = wait_log(gw, "reload rejected", n)
+        assert "missing.json" in rec["msg"], rec
+        assert gw.get("/datasets/sales/e", token=new_aud).status == 200
+        assert gw.mg.alive()
+    finally:
+        gw.close()
+
+
 # ---- SIGTERM ------------------------------------------------------------------------------
 
 

@@ -136,9 +136,11 @@ static int setup(void **state) {
   assert_int_equal(mg_policy_store_open(f->cfg->policy_db, f->cfg->policy_map_size_mb, false,
                                         &f->app.policy), 0);
   assert_int_equal(mg_app_index_rebuild(&f->app), 0);
-  rc = mg_authn_new(f->cfg, &f->app.authn, err, sizeof err);
+  struct mg_authn *an = NULL;
+  rc = mg_authn_new(f->cfg, &an, err, sizeof err);
   if (rc) fprintf(stderr, "authn: %s\n", err);
   assert_int_equal(rc, 0);
+  f->app.authn = an;
   struct mg_lineage_config lc = {.db = f->cfg->lineage_db, .map_size_mb = 64,
                                  .signing_key = f->cfg->signing_key, .origin = f->cfg->origin,
                                  .durability = MG_LINEAGE_WRITE_AHEAD,
