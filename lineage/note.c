@@ -92,6 +92,11 @@ static char *make_vkey(const char *name, const uint8_t id[4], const uint8_t pub[
 
 /* ---- signers -------------------------------------------------------------- */
 
+static int no_passphrase(char *buf, int size, int rwflag, void *u) {
+  (void)buf, (void)size, (void)rwflag, (void)u;
+  return -1; /* an encrypted key is refused, not prompted for on a terminal */
+}
+
 int mg_note_signer_load(const char *pem_path, const char *name, struct mg_note_signer **out) {
   char *pem = NULL;
   size_t pemlen = 0;
@@ -109,7 +114,7 @@ int mg_note_signer_load(const char *pem_path, const char *name, struct mg_note_s
   rv = MG_LINEAGE_E_KEY;
   bio = BIO_new_mem_buf(pem, (int)pemlen);
   if (!bio) { rv = -ENOMEM; goto fail_bio; }
-  pkey = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+  pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL); /* never prompts */
   if (!pkey || EVP_PKEY_get_id(pkey) != EVP_PKEY_ED25519) goto fail_key;
   if (EVP_PKEY_get_raw_public_key(pkey, pub, &publen) != 1 || publen != sizeof pub) goto fail_key;
   s = calloc(1, sizeof *s);

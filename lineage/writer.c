@@ -134,6 +134,7 @@ static __thread uint64_t tls_pool_serial;
 
 struct mg_lineage_writer {
   struct mg_lineage_log *log;
+  int io_broken;                  /* a flush failed: nothing is acknowledged until restart */
   uint64_t serial;                /* tells a thread's pool of this writer from a closed one's */
   struct item_pool *pools;        /* under mu */
   int64_t last_release_us; /* release_mapped() */
@@ -597,10 +598,29 @@ static void pend_release(struct mg_lineage_writer *w, int flushed) {
   callbacks_run(list, flushed);
 }
 
+/* A failed fdatasync may have dropped dirty pages, and the next one can succeed without
+ * writing them (Linux reports a writeback error once): after one, no later flush proves
+ * anything. Every commit fails from then on, /readyz says why, and a restart (which
+ * re-reads the log as it is on disk) is the way back. Writer thread. */
+static void io_broken(struct mg_lineage_writer *w, int rc) {
+  if (w->io_broken) return;
+  w->io_broken = rc ? rc : MG_LINEAGE_E_STORE;
+  mg_error("lineage: flushing the log failed (%s): no entry is acknowledged any more; "
+           "restart meshgate once the disk is sound", mg_strerror(w->io_broken));
+  pthread_mutex_lock(&w->mu);
+  w->st.healthy = false;
+  w->st.last_error = w->io_broken;
+  pthread_mutex_unlock(&w->mu);
+}
+
 /* Flushes the file (the last commit's meta page) and acknowledges what waited for it. */
 static int flush_now(struct mg_lineage_writer *w) {
-  int mrc = mdb_env_sync(w->log->env, 1);
-  int rc = mrc ? mg_lineage_log_err(mrc) : 0;
+  int rc = w->io_broken;
+  if (!rc) {
+    int mrc = mdb_env_sync(w->log->env, 1);
+    rc = mrc ? mg_lineage_log_err(mrc) : 0;
+    if (rc) io_broken(w, rc);
+  }
   pend_release(w, rc);
   return rc;
 }
@@ -731,6 +751,10 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
 
   char ts[MG_RFC3339_LEN];
   size_t tl = mg_time_format_rfc3339(t, ts);
+  if (w->io_broken) {
+    rc = w->io_broken;
+    goto failed;
+  }
   if ((mrc = mg_lineage_log_txn(w->log, true, &txn))) {
     rc = mg_lineage_log_err(mrc);
     goto failed;
@@ -768,6 +792,7 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
   int64_t c1 = mg_mono_now_us();
   if (mrc) {
     rc = mg_lineage_log_err(mrc);
+    if (mrc == EIO) io_broken(w, rc); /* the commit's own data flush failed */
     goto failed;
   }
   /* its data flush also wrote the previous commit's meta page */
@@ -811,11 +836,7 @@ static int run_group(struct mg_lineage_writer *w, struct item *list, bool want_c
   }
   if ((mrc = mdb_env_sync(w->log->env, 1))) {
     rc = mg_lineage_log_err(mrc);
-    mg_error("lineage: flush after commit failed: %s", mg_strerror(rc));
-    pthread_mutex_lock(&w->mu);
-    w->st.healthy = false;
-    w->st.last_error = rc;
-    pthread_mutex_unlock(&w->mu);
+    io_broken(w, rc);
     goto callbacks;
   }
   if (sh && nwrite) mg_shipper_notify_group(sh, first, fr.size - 1);

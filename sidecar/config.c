@@ -16,6 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <strings.h>
+#include <sys/un.h>
 
 #include "policy/policy.h"
 #include "sidecar/canon.h"
@@ -426,17 +429,52 @@ static bool is_loopback(const char *addr) {
   return !strncmp(addr, "127.", 4) || !strncmp(addr, "[::1]:", 6) || !strncmp(addr, "localhost:", 10);
 }
 
-static int check_hostport(struct ctx *c, const char *ptr, const char *a, bool allow_unix) {
-  if (allow_unix && !strncmp(a, "unix:", 5)) {
+/* A listen address ("ip:port", "[v6]:port", port 0 = any) or, for the upstream, a
+ * connect address (host names allowed, port 1..65535, or "unix:/path"). What `serve`
+ * would refuse at bind or connect time is refused here, so `serve --check` says so. */
+static int check_hostport(struct ctx *c, const char *ptr, const char *a, bool upstream) {
+  if (upstream && !strncmp(a, "unix:", 5)) {
     if (a[5] != '/') return fail(c, ptr, "unix socket path must be absolute");
+    if (strlen(a + 5) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+      return fail(c, ptr, "unix socket path longer than 107 bytes");
     return 0;
   }
   const char *colon = strrchr(a, ':');
   if (!colon || colon == a) return fail(c, ptr, "expected \"host:port\"");
   char *end;
   long port = strtol(colon + 1, &end, 10);
-  if (*end || port < 0 || port > 65535 || end == colon + 1) return fail(c, ptr, "invalid port");
+  if (*end || port < (upstream ? 1 : 0) || port > 65535 || end == colon + 1 || colon[1] == '-' ||
+      colon[1] == '+')
+    return fail(c, ptr, upstream ? "invalid port (1..65535)" : "invalid port (0..65535)");
+  if (!upstream) {
+    char host[64];
+    size_t hl = (size_t)(colon - a);
+    const char *h = a;
+    if (a[0] == '[' && hl >= 2 && a[hl - 1] == ']') h++, hl -= 2;
+    struct in6_addr tmp;
+    if (hl >= sizeof host) return fail(c, ptr, "expected an IP address, not a host name");
+    memcpy(host, h, hl);
+    host[hl] = 0;
+    if (inet_pton(h == a ? AF_INET : AF_INET6, host, &tmp) != 1)
+      return fail(c, ptr, "expected an IP address (\"127.0.0.1:8443\", \"[::1]:8443\"), not a host name");
+  }
   return 0;
+}
+
+/* Plain http for a JWKS only on loopback: the host of the URL, not a prefix of it
+ * ("http://127.0.0.1@evil.example/" and "http://localhost.evil.example/" are remote). */
+static bool jwks_url_ok(const char *u) {
+  if (!strncmp(u, "https://", 8)) return true;
+  if (strncmp(u, "http://", 7)) return false;
+  const char *auth = u + 7;
+  size_t al = strcspn(auth, "/?#");
+  if (memchr(auth, '@', al)) return false;
+  static const char *const hosts[] = {"127.0.0.1", "localhost", "[::1]"};
+  for (size_t i = 0; i < MG_ARRAY_LEN(hosts); i++) {
+    size_t n = strlen(hosts[i]);
+    if (al >= n && !strncasecmp(auth, hosts[i], n) && (al == n || auth[n] == ':')) return true;
+  }
+  return false;
 }
 
 static int expand_origin(struct ctx *c, struct mg_config *cfg) {
@@ -509,8 +547,7 @@ static int validate(struct ctx *c, struct mg_config *cfg) {
     if (!is->issuer) { snprintf(q, sizeof q, "%s/issuer", p); return fail(c, q, "required"); }
     if (is->naudiences == 0) { snprintf(q, sizeof q, "%s/audiences", p); return fail(c, q, "at least one audience is required"); }
     if (!is->jwks_file == !is->jwks_url) { snprintf(q, sizeof q, "%s/jwks_file", p); return fail(c, q, "exactly one of jwks_file and jwks_url is required"); }
-    if (is->jwks_url && strncmp(is->jwks_url, "https://", 8) != 0 && strncmp(is->jwks_url, "http://127.0.0.1", 16) != 0 &&
-        strncmp(is->jwks_url, "http://localhost", 16) != 0) {
+    if (is->jwks_url && !jwks_url_ok(is->jwks_url)) {
       snprintf(q, sizeof q, "%s/jwks_url", p);
       return fail(c, q, "must be https (plain http only on loopback)");
     }
@@ -540,6 +577,12 @@ static int validate(struct ctx *c, struct mg_config *cfg) {
   if (!cfg->signing_key) return fail(c, "/lineage/signing_key", "required (make one with `meshgate keygen`)");
   if (!cfg->origin) return fail(c, "/lineage/origin", "required");
   if ((rv = expand_origin(c, cfg))) return rv;
+  /* key files, like every other path, are relative to the config file's directory */
+  for (size_t i = 0; i < cfg->nold_signing_keys; i++) {
+    char *r = resolve_path(c, cfg->old_signing_keys[i]);
+    free(cfg->old_signing_keys[i]);
+    cfg->old_signing_keys[i] = r;
+  }
   if (has_ctl(cfg->origin) || strchr(cfg->origin, ' ') || strchr(cfg->origin, '+'))
     return fail(c, "/lineage/origin", "no spaces, '+' or control characters (it names the signed note key)");
   if (cfg->nats) {

@@ -180,6 +180,21 @@ def test_trailing_slash_does_not_escape_a_deny(gw, tok):
     assert send(gw, "/datasets/orders_fact/%s/child" % t, tok.analyst)["status"] == 200
 
 
+@pytest.mark.parametrize("token", [False, True], ids=["no-token", "token"])
+def test_purpose_that_is_not_utf8_is_refused_and_recorded(gw, tok, token):
+    """x-mesh-purpose bytes that are not UTF-8 cannot go into an entry as given: the
+    request is refused (400) and still recorded, instead of slipping out of the log."""
+    t = tag()
+    headers = ([h for h in tok.analyst if h[0] == "authorization"] if token else []) + \
+        [("x-mesh-purpose", b"an\xffalytics")]
+    st = send(gw, "/datasets/orders_fact/" + t, headers)
+    assert st["status"] == 400 and "UTF-8" in json.loads(st["body"])["detail"], st
+    assert gw.upstream_saw(t) == []
+    es = [e for e in gw.entries() if t in e.get("path", "")]
+    assert len(es) == 1 and es[0]["decision"] == "error", es
+    assert "purpose" not in es[0] or es[0]["purpose"] is None, es
+
+
 def test_case_is_a_different_resource(gw, tok):
     t = tag()
     st = send(gw, "/datasets/Orders_fact/" + t, tok.analyst)

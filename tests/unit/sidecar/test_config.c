@@ -76,6 +76,17 @@ static void test_spec_example(void **state) {
   assert_int_equal(c->max_token_bytes, 8192);
   assert_null(c->nats);
   mg_config_unref(c);
+  /* old signing keys are paths like the others: relative to the config's directory */
+  rv = mg_config_load(write_cfg(patched("\"signing_key\": \"keys/lineage.key\"",
+                                        "\"signing_key\": \"keys/lineage.key\", \"old_signing_keys\": "
+                                        "[\"keys/old.key\", \"/etc/mg/older.key\"]")),
+                      &c, err, sizeof err);
+  if (rv) fail_msg("%s", err);
+  assert_int_equal(c->nold_signing_keys, 2);
+  snprintf(expect, sizeof expect, "%s/keys/old.key", dir);
+  assert_string_equal(c->old_signing_keys[0], expect);
+  assert_string_equal(c->old_signing_keys[1], "/etc/mg/older.key");
+  mg_config_unref(c);
 }
 
 struct bad { const char *from, *to, *expect; };
@@ -100,6 +111,13 @@ static const struct bad bads[] = {
   {"\"admin_claim\": {\"scope\": \"mesh:admin\"}", "\"admin_claim\": {\"scope\": 1}", "/admin/admin_claim/scope: expected a non-empty string"},
   {"\"map_size_mb\": 256", "\"map_size_mb\": 256, \"map_size_mb\": 512", "duplicate object key"},
   {"\"product\": \"orders\"", "\"product\": \"or ders\"", "/product: use letters"},
+  /* plain-http JWKS: the URL's host must be loopback, not its prefix */
+  {"\"jwks_file\": \"keys/idp.jwks\", \"jwks_url\": null", "\"jwks_url\": \"http://127.0.0.1@evil.example/jwks\"", "/identity/issuers/0/jwks_url: must be https"},
+  {"\"jwks_file\": \"keys/idp.jwks\", \"jwks_url\": null", "\"jwks_url\": \"http://localhost.evil.example/jwks\"", "/identity/issuers/0/jwks_url: must be https"},
+  {"\"jwks_file\": \"keys/idp.jwks\", \"jwks_url\": null", "\"jwks_url\": \"http://127.0.0.10/jwks\"", "/identity/issuers/0/jwks_url: must be https"},
+  /* what serve would refuse at bind or connect time */
+  {"\"address\": \"127.0.0.1:8080\"", "\"address\": \"127.0.0.1:0\"", "/upstream/address: invalid port (1..65535)"},
+  {"\"address\": \"127.0.0.1:9901\"", "\"address\": \"localhost:9901\"", "/admin/address: expected an IP address"},
 };
 
 static void test_bad_values(void **state) {
