@@ -175,7 +175,7 @@ static const struct opt limits_opts[] = {
   {"idle_timeout_s", T_INT, O(mg_config, idle_timeout_s), 0, 1, 86400, 0, 0, 0, 0, 0, "idle connection timeout (default 60)"},
   {"failed_verifies_per_conn", T_INT, O(mg_config, failed_verifies_per_conn), 0, 1, 1000000, 0, 0, 0, 0, 0, "bad signatures before a connection is closed (default 10)"},
   {"shutdown_grace_s", T_INT, O(mg_config, shutdown_grace_s), 0, 0, 3600, 0, 0, 0, 0, 0, "SIGTERM deadline for in-flight requests (default 30)"},
-  {"max_body_buffer", T_SIZE, O(mg_config, max_body_buffer), 0, 16384, 64 << 20, 0, 0, 0, 0, 0, "per-stream body buffer each way (default 262144)"},
+  {"max_body_buffer", T_SIZE, O(mg_config, max_body_buffer), 0, 65536, 64 << 20, 0, 0, 0, 0, 0, "per-stream body buffer each way, at least the 65535 bytes a client may send before it sees our SETTINGS (default 262144)"},
   END};
 
 static const struct opt top_opts[] = {
@@ -513,6 +513,8 @@ static int validate(struct ctx *c, struct mg_config *cfg) {
     return fail(c, cfg->listen_tls->cert ? "/listen/tls/key" : "/listen/tls/cert", "required with tls");
   if (cfg->listen_tls && cfg->listen_tls->client_ca && cfg->listen_tls->client_cert == MG_CLIENT_CERT_NONE)
     cfg->listen_tls->client_cert = MG_CLIENT_CERT_OPTIONAL;
+  if (cfg->listen_tls && !cfg->listen_tls->client_ca && cfg->listen_tls->client_cert != MG_CLIENT_CERT_NONE)
+    return fail(c, "/listen/tls/client_ca", "required with \"client_cert\": \"optional\" or \"required\"");
   if (!cfg->upstream.address) return fail(c, "/upstream/address", "required");
   if ((rv = check_hostport(c, "/upstream/address", cfg->upstream.address, true))) return rv;
   if (cfg->nroutes == 0) return fail(c, "/routes", "at least one route is required");

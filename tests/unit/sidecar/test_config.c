@@ -118,6 +118,9 @@ static const struct bad bads[] = {
   /* what serve would refuse at bind or connect time */
   {"\"address\": \"127.0.0.1:8080\"", "\"address\": \"127.0.0.1:0\"", "/upstream/address: invalid port (1..65535)"},
   {"\"address\": \"127.0.0.1:9901\"", "\"address\": \"localhost:9901\"", "/admin/address: expected an IP address"},
+  {"\"address\": \"127.0.0.1:8443\"", "\"address\": \"localhost:8443\"", "/listen/address: expected an IP address"},
+  {"\"address\": \"127.0.0.1:8443\"}", "\"address\": \"127.0.0.1:8443\", \"tls\": {\"cert\": \"c.pem\", \"key\": \"k.pem\", \"client_cert\": \"required\"}}", "/listen/tls/client_ca: required with"},
+  {"\"max_token_bytes\": 8192", "\"max_token_bytes\": 8192, \"max_body_buffer\": 16384", "/limits/max_body_buffer: must be between 65536"},
 };
 
 static void test_bad_values(void **state) {
