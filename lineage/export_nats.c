@@ -70,6 +70,20 @@ static bool filter_empty(const struct mg_lineage_filter *f) {
                 !f->product && !f->dataset && !f->action);
 }
 
+/* An unlinked temporary file under $TMPDIR (tmpfile() always uses /tmp, which may be a
+ * small tmpfs; the error message tells users to set TMPDIR, so it must be honoured). */
+static FILE *tmp_in_tmpdir(void) {
+  const char *td = getenv("TMPDIR");
+  char path[4096];
+  snprintf(path, sizeof path, "%s/meshgate-export-XXXXXX", td && *td ? td : "/tmp");
+  int fd = mkstemp(path);
+  if (fd < 0) return NULL;
+  unlink(path);
+  FILE *f = fdopen(fd, "w+");
+  if (!f) close(fd);
+  return f;
+}
+
 static struct osec *section(struct xctx *x, const char *origin) {
   for (size_t i = 0; i < x->nsecs; i++)
     if (strcmp(x->secs[i].origin, origin) == 0)
@@ -84,7 +98,7 @@ static struct osec *section(struct xctx *x, const char *origin) {
   }
   struct osec *s = &x->secs[x->nsecs];
   memset(s, 0, sizeof *s);
-  if (!(s->origin = strdup(origin)) || !(s->tmp = tmpfile())) {
+  if (!(s->origin = strdup(origin)) || !(s->tmp = tmp_in_tmpdir())) {
     free(s->origin);
     return NULL;
   }

@@ -75,7 +75,9 @@ static int h1_flush_header(struct mg_admin_h1 *h) {
     return -1;
   }
   if (mg_strieq(h->field.data, h->field.len, "host")) h->nhost++;
-  int rc = mg_admin_req_add_header(&h->req, h->field.data ? h->field.data : "", h->field.len,
+  /* chunked trailers never add a field the request was decided on */
+  int rc = h->headers_done ? 0 :
+           mg_admin_req_add_header(&h->req, h->field.data ? h->field.data : "", h->field.len,
                                    h->value.data ? h->value.data : "", h->value.len);
   mg_buf_reset(&h->field);
   mg_buf_reset(&h->value);
@@ -265,6 +267,7 @@ struct conn {
   bool has_spiffe;
   bool closing;          /* free once the output is flushed */
   bool lingering;        /* output flushed and shut; draining input until EOF or timer */
+  bool out_paused;       /* h1: reading stopped until the client reads its answers */
   struct event *timer;
   struct conn *next, *prev;
   /* HTTP/1.1 */
@@ -444,7 +447,7 @@ static void h1_respond(struct conn *c) {
     return;
   }
   h1_write_head(c, rs, keep, false);
-  if (rs->status != 204 && rs->body.len)
+  if (rs->status != 204 && rs->body.len && strcmp(c->h1.req.method, "HEAD") != 0)
     evbuffer_add(bufferevent_get_output(c->bev), rs->body.data, rs->body.len);
   mg_admin_resp_clear(rs);
   if (!keep) {
@@ -458,7 +461,15 @@ static void h1_respond(struct conn *c) {
 
 static void h1_process(struct conn *c) {
   struct evbuffer *in = bufferevent_get_input(c->bev);
+  struct evbuffer *out = bufferevent_get_output(c->bev);
   while (!c->busy && !c->closing) {
+    if (evbuffer_get_length(out) >= OUT_HIGH) {
+      /* pipelined requests from a client that does not read its answers: wait in the
+       * kernel, not in our memory; on_write resumes below OUT_LOW */
+      bufferevent_disable(c->bev, EV_READ);
+      c->out_paused = true;
+      break;
+    }
     size_t len = evbuffer_get_length(in);
     if (len == 0) break;
     struct evbuffer_iovec v;
@@ -635,6 +646,8 @@ static int h2_on_header(nghttp2_session *sess, const nghttp2_frame *f, const uin
     return s->req.target ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
   }
   if (namelen && name[0] == ':') return 0;
+  /* trailers never add a field the request was decided on (Authorization, If-Match) */
+  if (f->headers.cat == NGHTTP2_HCAT_HEADERS) return 0;
   if (mg_admin_req_add_header(&s->req, (const char *)name, namelen, (const char *)value,
                               valuelen))
     return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -842,7 +855,11 @@ static void on_write(struct bufferevent *bev, void *arg) {
     if (!c->lingering && evbuffer_get_length(bufferevent_get_output(bev)) == 0) linger(c);
     return;
   }
-  if (c->proto == P_H1 && c->stream_ev && !event_pending(c->stream_ev, EV_READ, NULL))
+  if (c->proto == P_H1 && c->out_paused && !c->busy) {
+    c->out_paused = false;
+    bufferevent_enable(bev, EV_READ);
+    h1_process(c);
+  } else if (c->proto == P_H1 && c->stream_ev && !event_pending(c->stream_ev, EV_READ, NULL))
     event_add(c->stream_ev, NULL);
   else if (c->proto == P_H2)
     h2_flush(c);

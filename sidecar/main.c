@@ -443,6 +443,11 @@ static void reload(struct mg_app *app) {
     mg_warn("reload: the lineage settings (signing keys, map sizes, durability, checkpoint "
             "period, deny budget, NATS) and the admin listener's TLS change only on restart");
   ncfg->durability = old->durability; /* the writer's mode, fixed at start: keep them one */
+  if (ncfg->max_body_buffer != old->max_body_buffer) {
+    /* the upstream connections' stream windows were sized from it: keep one value */
+    mg_warn("reload: limits.max_body_buffer changes only on restart");
+    ncfg->max_body_buffer = old->max_body_buffer;
+  }
   /* Identity: a changed issuer list must take effect (a removed issuer's tokens refused),
    * so a new verifier is built first; if it cannot load its keys, the reload is refused. */
   struct mg_authn *nauthn = NULL, *oauthn = atomic_load(&app->authn);

@@ -503,6 +503,8 @@ static void uc_kill(struct mg_upconn *uc, const char *why) {
     uc_detach(uc, r);
     if (!r->resp_eof)
       mg_tp_req_up_fail(r, 502, "upstream_unavailable", detail);
+    else
+      mg_tp_req_drop_body(r); /* answered, the upload's rest has no reader any more */
   }
   if (live_conns(p) == 0) {
     while (p->qhead) {
@@ -712,6 +714,16 @@ static void submit_on(struct mg_upconn *uc, struct mg_req *r) {
   int32_t sid = sl ? nghttp2_submit_request(uc->sess, NULL, r->fwd_nv, r->fwd_nnv,
                                             r->req_body ? &prd : NULL, sl)
                    : NGHTTP2_ERR_NOMEM;
+  if (sid == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE && uc->state != UC_DRAINING) {
+    /* 2^30 requests on this connection used up its stream ids: it takes no more, ends
+     * what it carries and closes; the request goes to another connection */
+    free(sl);
+    uc->state = UC_DRAINING;
+    nghttp2_submit_goaway(uc->sess, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR, NULL, 0);
+    uc_want_write(uc);
+    mg_tp_up_start(r);
+    return;
+  }
   if (sid < 0) {
     free(sl);
     r->up_kind = MG_UP_NONE;
