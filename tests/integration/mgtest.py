@@ -257,6 +257,16 @@ def start_upstream(dirpath, http1=False):
     return up
 
 
+def recv_until_close(sock):
+    """Everything a socket delivers until the peer closes it (or its timeout fires)."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def stop(proc_or_mg, timeout=15):
     """SIGTERM, wait (bounded), then SIGKILL. Returns the exit code."""
     p = proc_or_mg.proc

@@ -494,12 +494,7 @@ def test_header_timeout_408(env):
     s.settimeout(20)
     t = time.time()
     s.sendall(b"GET /healthz HTTP/1.1\r\nHost: a\r\n")  # never finished
-    data = b""
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
+    data = mgtest.recv_until_close(s)
     s.close()
     elapsed = time.time() - t
     assert data.startswith(b"HTTP/1.1 408 "), data

@@ -790,12 +790,7 @@ def test_trailers_do_not_authenticate_an_admin_request(gw):
               b"If-None-Match: *\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
               b"%x\r\n" % len(body) + body + b"\r\n0\r\nAuthorization: Bearer " +
               gw.admin.encode() + b"\r\n\r\n")
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = mgtest.recv_until_close(s)
     s.close()
     assert data.startswith(b"HTTP/1.1 401"), data[:200]
     assert call(gw, "GET", "/v1/grants/trailer-auth", token=gw.admin).status == 404
