@@ -816,6 +816,15 @@ void mg_tp_up_resp_consumed(struct mg_req *r, size_t n) {
 }
 
 void mg_tp_pool_retire(struct mg_uppool *p) {
+  /* Queued requests were sent nowhere yet: they go to the new upstream, not to a 502 from
+   * killing the connections still opening to the old one. */
+  struct mg_req *q = NULL, **qt = &q;
+  while (p->qhead) {
+    struct mg_req *r = p->qhead;
+    queue_remove(p, r);
+    *qt = r;
+    qt = &r->qnext;
+  }
   for (struct mg_upconn *uc = p->conns; uc; uc = uc->next) {
     if (uc->dead)
       continue;
@@ -831,6 +840,13 @@ void mg_tp_pool_retire(struct mg_uppool *p) {
     }
   }
   mg_tp_h1_pool_retire(p);
+  while (q) {
+    struct mg_req *r = q;
+    q = r->qnext;
+    r->qnext = NULL;
+    r->up_kind = MG_UP_NONE;
+    mg_tp_up_start(r);
+  }
 }
 
 int mg_tp_pool_new(struct mg_worker *w, struct mg_uppool **out) {
