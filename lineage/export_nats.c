@@ -63,6 +63,7 @@ struct xctx {
   size_t nsecs, capsecs;
   uint64_t foreign;   /* messages of other producers */
   int err;
+  int tmp_err;        /* a temporary file could not be made (reported already) */
 };
 
 static bool filter_empty(const struct mg_lineage_filter *f) {
@@ -98,8 +99,14 @@ static struct osec *section(struct xctx *x, const char *origin) {
   }
   struct osec *s = &x->secs[x->nsecs];
   memset(s, 0, sizeof *s);
-  if (!(s->origin = strdup(origin)) || !(s->tmp = tmp_in_tmpdir())) {
+  if (!(s->origin = strdup(origin))) return NULL;
+  if (!(s->tmp = tmp_in_tmpdir())) {
+    int e = errno;
+    mg_error("lineage export: an export from the stream needs a temporary file: %s/: %s "
+             "(set TMPDIR)", getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+             strerror(e));
     free(s->origin);
+    x->tmp_err = -e;
     return NULL;
   }
   x->nsecs++;
@@ -187,7 +194,7 @@ static int on_msg(void *arg, natsMsg *m, uint64_t seq) {
     goto done;
   struct osec *sec = section(x, origin.data);
   if (!sec) {
-    rc = -ENOMEM;
+    rc = x->tmp_err ? x->tmp_err : -ENOMEM;
     goto done;
   }
   if (seq <= sec->last_seq)

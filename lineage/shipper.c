@@ -32,6 +32,19 @@
  * never an entry twice or a gap; export orders by index. Msg-Id dedup (a 2 minute
  * window) covers exact retries only.
  *
+ * Repeats alike. After a leader change or a restart of the cluster, nats-server 2.9 can leave
+ * a stream's replicas disagreeing: a message that was in flight (or acknowledged) can be kept
+ * by one replica at a sequence that the new leader, which never got it, gives to the next
+ * message published; that replica keeps its own message there and skips the leader's. Reads
+ * (resync's and the audit's consumers, an export) are served by any replica. Resuming with
+ * those entries grouped differently would make the replicas hold different entries: one lacks
+ * some, and re-sending them puts them twice in another. So the shipper remembers the last
+ * HIST_CAP messages it published (ranges and checkpoints, in order), and after a resync that
+ * finds the stream's entries ending where one of them ended, it first publishes the ones that
+ * followed again exactly as they were (same ranges, so same Msg-Ids) and in the same order:
+ * whatever a replica kept at those sequences then holds the same entries as the leader's
+ * copy. Hole fills reuse a remembered message's range as well.
+ *
  * Acks. The pub-ack handler (a libnats thread) only marks the in-flight record; the
  * shipper thread advances P contiguously. A duplicate ack means the identical range is
  * stored (Msg-Id is the range), so it counts, but forces a resync.
@@ -43,7 +56,11 @@
  * newest acknowledged message, and extends V, the prefix of entries it has seen in the
  * stream. An acknowledged entry below P that the read-back does not find is lost: it is
  * re-read from the local log and published again (with a Msg-Id of its own, so a dedup
- * entry left by the lost message cannot swallow it), and the next audit must find it.
+ * entry left by the lost message cannot swallow it), and the next audit must find it. Such a
+ * re-send is never deduplicated, so it is made only when two full passes in a row (each
+ * through a new consumer, which may sit on another replica) found the range missing: a read
+ * from a replica that lacks what the others hold, or a message that shows up late, does not
+ * get the range stored twice.
  * V_seq is kept such that every message of ours holding an entry >= V lies above it, so
  * the pair (V, V_seq) resumes the audit after a restart. on_ack(V, V_seq) goes to the
  * writer, which stores it (meta "shipped", "shipped_seq") and prunes only below V
@@ -86,6 +103,7 @@
 #define AUDIT_EVERY_MS     1000
 #define AUDIT_MAX_MSGS     50000 /* per pass: a first read-back of a long stream is spread */
 #define SCAN_FULL          1     /* scan_cb: the pass read its maximum */
+#define HIST_CAP           8192  /* messages remembered, in send order, to re-send them alike */
 
 enum rec_state { REC_PENDING = 0, REC_OK, REC_FAILED };
 
@@ -101,6 +119,7 @@ struct rec {
 };
 
 struct range { uint64_t first, last; };
+struct sent { bool cp; uint64_t first, last; }; /* a message as published (cp: first = size) */
 struct span { uint64_t first, last, seq; }; /* a message of ours seen in the stream */
 struct cpent { uint64_t size; char *note; };
 
@@ -142,6 +161,10 @@ struct mg_shipper {
   uint64_t ver_s;    /* every message of ours with an entry >= V has a sequence > this */
   uint64_t audit_hi; /* highest sequence of an audit's re-sent message */
   uint64_t hole_logged; /* 1 + first index of the last lost range logged (0: none) */
+  uint64_t hole_seen;   /* 1 + first index of the lost range the last full audit pass found */
+  struct sent *hist;    /* ring (HIST_CAP) of the messages published, in order; see replay */
+  size_t hist_head, hist_n;
+  size_t hist_cur;      /* records [hist_cur, hist_n) are to be published again, as they were */
   int64_t audit_due_us;
   uint64_t reported; /* last V given to on_ack */
   bool synced;       /* a resync succeeded since the last (re)connect / error */
@@ -235,18 +258,29 @@ int mg_shipper_header_u64(natsMsg *m, const char *key, uint64_t *out) {
 
 /* ---- scan ------------------------------------------------------------------------ */
 
-int mg_shipper_scan(jsCtx *js, const char *stream, const char *filter, uint64_t from,
-                    uint64_t to, int wait_ms, mg_shipper_scan_cb cb, void *arg) {
-  return mg_shipper_scan_opts(js, stream, filter, from, to, wait_ms, false, cb, arg);
+/* Where the stream leader says the subject `filter` ends (its last message's sequence), at
+ * most `to`; 0 when it cannot tell (a wildcard filter, an error). */
+static uint64_t subject_end(jsCtx *js, const char *stream, const char *filter, uint64_t to) {
+  natsMsg *m = NULL;
+  jsErrCode jerr = 0;
+  if (!filter || strpbrk(filter, "*>") ||
+      js_GetLastMsg(&m, js, stream, filter, NULL, &jerr) != NATS_OK)
+    return 0;
+  uint64_t seq = natsMsg_GetSequence(m);
+  natsMsg_Destroy(m);
+  return MG_MIN(seq, to);
 }
 
-int mg_shipper_scan_opts(jsCtx *js, const char *stream, const char *filter, uint64_t from,
-                         uint64_t to, int wait_ms, bool headers_only, mg_shipper_scan_cb cb,
-                         void *arg) {
+/* follow: when the consumer reports nothing pending before `to`, read on to the subject's
+ * end on the leader (see shipper_int.h) */
+static int scan_read(jsCtx *js, const char *stream, const char *filter, uint64_t from,
+                     uint64_t to, int wait_ms, bool headers_only, bool follow,
+                     mg_shipper_scan_cb cb, void *arg) {
   natsSubscription *sub = NULL;
   jsSubOptions so;
   jsErrCode jerr = 0;
   int rc = 0;
+  bool extended = !follow;
   if (from == 0)
     from = 1;
   if (from > to)
@@ -284,12 +318,33 @@ int mg_shipper_scan_opts(jsCtx *js, const char *stream, const char *filter, uint
     }
     rc = cb(arg, m, seq);
     natsMsg_Destroy(m);
-    if (rc || seq >= to || pending == 0)
+    if (rc || seq >= to)
       break;
+    if (pending == 0 && !extended) {
+      /* nothing more on the replica the consumer sits on, which may lag behind the leader (a
+       * node catching up after a restart): read on to where the leader says the subject
+       * ends (each message waited for up to wait_ms) */
+      uint64_t end = subject_end(js, stream, filter, to);
+      if (end <= seq)
+        break;
+      to = end;
+      extended = true;
+    }
   }
   natsSubscription_Unsubscribe(sub);
   natsSubscription_Destroy(sub);
   return rc;
+}
+
+int mg_shipper_scan(jsCtx *js, const char *stream, const char *filter, uint64_t from,
+                    uint64_t to, int wait_ms, mg_shipper_scan_cb cb, void *arg) {
+  return scan_read(js, stream, filter, from, to, wait_ms, false, true, cb, arg);
+}
+
+int mg_shipper_scan_opts(jsCtx *js, const char *stream, const char *filter, uint64_t from,
+                         uint64_t to, int wait_ms, bool headers_only, mg_shipper_scan_cb cb,
+                         void *arg) {
+  return scan_read(js, stream, filter, from, to, wait_ms, headers_only, false, cb, arg);
 }
 
 /* ---- small helpers ----------------------------------------------------------------- */
@@ -691,6 +746,79 @@ static void settle(struct mg_shipper *s) {
   report_ack(s);
 }
 
+/* ---- sent history ----------------------------------------------------------------------- */
+
+static struct sent *hist_at(struct mg_shipper *s, size_t i) {
+  return &s->hist[(s->hist_head + i) % HIST_CAP];
+}
+
+/* Records a message just published (not a repeat of a recorded one). */
+static void hist_push(struct mg_shipper *s, bool cp, uint64_t first, uint64_t last) {
+  s->hist_n = s->hist_cur; /* a replay given up: its rest is not what follows any more */
+  if (s->hist_n == HIST_CAP) {
+    s->hist_head = (s->hist_head + 1) % HIST_CAP;
+    s->hist_n--;
+  }
+  *hist_at(s, s->hist_n) = (struct sent){cp, first, last};
+  s->hist_cur = ++s->hist_n;
+}
+
+/* After a resync found the stream's end of our entries at `high`: every message published
+ * after the one ending there is to be published again as it was, in the same order (see
+ * the header). Without such a message the history is forgotten. */
+static void hist_resume(struct mg_shipper *s, uint64_t high) {
+  size_t cur = SIZE_MAX;
+  for (size_t i = s->hist_n; i-- > 0;) {
+    struct sent *r = hist_at(s, i);
+    if (r->cp)
+      continue;
+    if (r->last + 1 == high) {
+      cur = i + 1; /* with the checkpoints that followed it */
+    } else if (r->first == high) {
+      cur = i;
+      continue; /* the one before may end at high */
+    }
+    if (cur != SIZE_MAX || r->last < high)
+      break;
+  }
+  if (cur == SIZE_MAX)
+    s->hist_n = s->hist_cur = 0;
+  else
+    s->hist_cur = cur;
+}
+
+/* The end of a recorded message that started at `first` (0: none). */
+static uint64_t hist_last_from(struct mg_shipper *s, uint64_t first) {
+  for (size_t i = s->hist_n; i-- > 0;) {
+    struct sent *r = hist_at(s, i);
+    if (!r->cp && r->first == first)
+      return r->last;
+  }
+  return 0;
+}
+
+/* The recorded message to publish again next (*note: a checkpoint's, read from the log), or
+ * NULL: nothing to repeat, or the replay no longer fits where shipping stands (given up). */
+static struct sent *replay_next(struct mg_shipper *s, char **note) {
+  *note = NULL;
+  while (s->hist_cur < s->hist_n) {
+    struct sent *r = hist_at(s, s->hist_cur);
+    if (!r->cp) {
+      if (r->first == s->next)
+        return r;
+      break;
+    }
+    uint64_t size = 0;
+    if (mg_lineage_log_checkpoint(s->log, r->first, note, &size) == 0 && size == r->first)
+      return r;
+    free(*note);
+    *note = NULL;
+    s->hist_cur++; /* not in the log (any more): skip it */
+  }
+  s->hist_n = s->hist_cur;
+  return NULL;
+}
+
 /* ---- resync --------------------------------------------------------------------------- */
 
 struct scanctx {
@@ -776,7 +904,11 @@ static int fill_hole(struct mg_shipper *s, uint64_t first, uint64_t last, uint64
     uint64_t n = 0, seq = 0;
     natsMsg *m = NULL;
     char msgid[1024];
-    rc = read_entries(s, first, MG_MIN(last - first + 1, (uint64_t)MAX_MSG_ENTRIES), &body, &n);
+    uint64_t max = MG_MIN(last - first + 1, (uint64_t)MAX_MSG_ENTRIES);
+    uint64_t was = tag ? 0 : hist_last_from(s, first); /* a resync fill repeats a message */
+    if (was && was <= last && was - first + 1 < max)
+      max = was - first + 1;
+    rc = read_entries(s, first, max, &body, &n);
     if (!rc)
       rc = build_msg(s, false, first, first + n - 1, body.data, body.len, base_p, base_s, &m,
                      msgid, sizeof msgid);
@@ -880,6 +1012,7 @@ static int resync(struct mg_shipper *s) {
   s->next = high;
   s->acked_p = high;
   s->acked_s = max_seq;
+  hist_resume(s, high);
   pthread_mutex_lock(&s->mu);
   while (s->gq_n && s->gq[s->gq_head].last < s->next) {
     s->gq_head = (s->gq_head + 1) % GROUPQ_CAP;
@@ -989,9 +1122,15 @@ static int audit(struct mg_shipper *s) {
   for (size_t j = 0; j < c.n; j++)
     if (c.v[j].last >= cur && c.v[j].seq - 1 < new_s)
       new_s = c.v[j].seq - 1;
-  /* acknowledged entries the stream does not hold */
+  /* acknowledged entries the stream does not hold: re-sent once two full passes in a row
+   * found them missing (see the header) */
+  bool confirmed = false;
+  if (!partial) {
+    confirmed = cur < s->acked_p && s->hole_seen == cur + 1;
+    s->hole_seen = cur < s->acked_p ? cur + 1 : 0;
+  }
   uint64_t hole = cur, max_seq = s->audit_hi;
-  for (; !partial && i <= c.n && hole < s->acked_p && !rc; i++) {
+  for (; confirmed && i <= c.n && hole < s->acked_p && !rc; i++) {
     uint64_t end = i < c.n ? c.v[i].first : s->acked_p; /* exclusive */
     if (i < c.n && c.v[i].last < hole)
       continue;
@@ -1026,11 +1165,26 @@ static int send_one(struct mg_shipper *s, struct mg_buf *body) {
   uint64_t first = s->next, last = 0, target = UINT64_MAX;
   char *note = NULL;
   pthread_mutex_lock(&s->mu);
-  if (s->ring_n >= MAX_INFLIGHT || s->ring_bytes >= MAX_INFLIGHT_BYTES) {
-    pthread_mutex_unlock(&s->mu);
+  bool full = s->ring_n >= MAX_INFLIGHT || s->ring_bytes >= MAX_INFLIGHT_BYTES;
+  pthread_mutex_unlock(&s->mu);
+  if (full)
     return 0;
-  }
-  if (s->cpq_n && s->cpq[0].size <= s->next) {
+  /* after a resync: the messages that were in flight again, alike and in order (header) */
+  struct sent *rp = replay_next(s, &note);
+  pthread_mutex_lock(&s->mu);
+  if (rp && rp->cp) {
+    cp = true;
+    first = last = rp->first;
+    for (size_t i = 0; i < s->cpq_n; i++)
+      if (s->cpq[i].size == first) { /* queued again by the resync: this is it */
+        free(s->cpq[i].note);
+        memmove(&s->cpq[i], &s->cpq[i + 1], (s->cpq_n - i - 1) * sizeof s->cpq[0]);
+        s->cpq_n--;
+        break;
+      }
+  } else if (rp) {
+    target = rp->last;
+  } else if (s->cpq_n && s->cpq[0].size <= s->next) {
     cp = true;
     first = last = s->cpq[0].size;
     note = s->cpq[0].note;
@@ -1098,6 +1252,10 @@ static int send_one(struct mg_shipper *s, struct mg_buf *body) {
   }
   if (!cp)
     s->next = last + 1;
+  if (rp && (cp || last == rp->last))
+    s->hist_cur++;
+  else
+    hist_push(s, cp, first, last);
   return 1;
 }
 
@@ -1236,6 +1394,7 @@ static void shipper_free(struct mg_shipper *s) {
   for (size_t i = 0; i < s->cpq_n; i++)
     free(s->cpq[i].note);
   free(s->gq);
+  free(s->hist);
   pthread_mutex_destroy(&s->mu);
   pthread_cond_destroy(&s->cv);
   free(s);
@@ -1276,12 +1435,13 @@ int mg_shipper_start(const struct mg_shipper_config *cfg, struct mg_lineage_log 
   atomic_store(&s->stat_verified, shipped);
   s->servers = calloc(cfg->nservers, sizeof *s->servers);
   s->gq = calloc(GROUPQ_CAP, sizeof *s->gq);
+  s->hist = calloc(HIST_CAP, sizeof *s->hist);
   s->stream = dupz(cfg->stream);
   s->subject = dupz(cfg->subject);
   s->origin = dupz(cfg->origin);
   s->creds = dupz(cfg->creds);
   s->tls_ca = dupz(cfg->tls_ca);
-  if (!s->servers || !s->gq || !s->stream || !s->subject || !s->origin ||
+  if (!s->servers || !s->gq || !s->hist || !s->stream || !s->subject || !s->origin ||
       (cfg->creds && !s->creds) || (cfg->tls_ca && !s->tls_ca)) {
     rc = -ENOMEM;
     goto fail;

@@ -43,11 +43,13 @@ int mg_shipper_header_u64(natsMsg *m, const char *key, uint64_t *out);
 typedef int (*mg_shipper_scan_cb)(void *arg, natsMsg *m, uint64_t seq);
 /* Reads the messages of `stream` matching `filter` (NULL: all) with stream sequence in
  * [from, to] through an ordered consumer, each wait bounded by wait_ms. Stops after `to`
- * or when the consumer reports nothing pending. 0, a callback's value, or
- * MG_LINEAGE_E_NATS. */
+ * or when the consumer reports nothing pending; for a filter without wildcards, only once
+ * it reached the subject's last message on the stream leader (the consumer's replica may
+ * lag behind). 0, a callback's value, or MG_LINEAGE_E_NATS. */
 int mg_shipper_scan(jsCtx *js, const char *stream, const char *filter, uint64_t from,
                     uint64_t to, int wait_ms, mg_shipper_scan_cb cb, void *arg);
-/* The same; with headers_only the messages carry their headers and no body. */
+/* The same, but it stops where the consumer's replica ends (the caller compares the last
+ * sequence read with `to`); with headers_only the messages carry their headers and no body. */
 int mg_shipper_scan_opts(jsCtx *js, const char *stream, const char *filter, uint64_t from,
                          uint64_t to, int wait_ms, bool headers_only, mg_shipper_scan_cb cb,
                          void *arg);
