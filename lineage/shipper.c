@@ -32,6 +32,10 @@
  * never an entry twice or a gap; export orders by index. Msg-Id dedup (a 2 minute
  * window) covers exact retries only.
  *
+ * A start after a crash. A predecessor killed while publishing may still have messages on
+ * their way into the stream: the first resync after start waits until the subject's last
+ * sequence stands still (two reads 250 ms apart, at most 3 s) before resuming after it.
+ *
  * Repeats alike. After a leader change or a restart of the cluster, nats-server 2.9 can leave
  * a stream's replicas disagreeing: a message that was in flight (or acknowledged) can be kept
  * by one replica at a sequence that the new leader, which never got it, gives to the next
@@ -168,6 +172,7 @@ struct mg_shipper {
   int64_t audit_due_us;
   uint64_t reported; /* last V given to on_ack */
   bool synced;       /* a resync succeeded since the last (re)connect / error */
+  bool start_quiet;  /* the stream's end was seen to stand still once since start */
   bool audit_failing;
   bool limits;       /* the stream has max_age/max_msgs/max_bytes: no read-back (audit) */
   bool defer_ack;    /* in mg_shipper_start: on_ack runs on the shipper thread only */
@@ -928,6 +933,21 @@ static int fill_hole(struct mg_shipper *s, uint64_t first, uint64_t last, uint64
   return rc;
 }
 
+/* The sequence of the subject's last message: 0 and *seq (0: the subject holds none), or
+ * MG_LINEAGE_E_NATS. */
+static int subject_last_seq(struct mg_shipper *s, uint64_t *seq) {
+  natsMsg *m = NULL;
+  jsErrCode je = 0;
+  *seq = 0;
+  natsStatus st = js_GetLastMsg(&m, s->js, s->stream, s->full_subject, NULL, &je);
+  if (st == NATS_OK) {
+    *seq = natsMsg_GetSequence(m);
+    natsMsg_Destroy(m);
+    return 0;
+  }
+  return st == NATS_NOT_FOUND || je == JSNoMessageFoundErr ? 0 : MG_LINEAGE_E_NATS;
+}
+
 static int resync(struct mg_shipper *s) {
   struct scanctx c = {.s = s};
   natsMsg *last = NULL;
@@ -937,6 +957,24 @@ static int resync(struct mg_shipper *s) {
   int rc = 0;
 
   settle(s);
+  if (!s->start_quiet) {
+    /* A predecessor killed while publishing (kill -9, a crash) can have messages still on
+     * their way into the stream. Resuming below them would store their entries twice (the
+     * new messages are grouped differently, so their Msg-Ids differ): first wait until the
+     * subject's last sequence stands still. */
+    uint64_t prev = UINT64_MAX;
+    for (int i = 0; i < 12; i++) {
+      uint64_t seq = 0;
+      if (subject_last_seq(s, &seq))
+        break; /* the read below reports it */
+      if (seq == prev || i == 11) { /* still, or waited 3 s: once per start is enough */
+        s->start_quiet = true;
+        break;
+      }
+      prev = seq;
+      nats_Sleep(250);
+    }
+  }
   natsStatus st = js_GetLastMsg(&last, s->js, s->stream, s->full_subject, NULL, &jerr);
   if (st == NATS_NOT_FOUND || jerr == JSNoMessageFoundErr) {
     if (s->reported > 0)
@@ -1073,16 +1111,9 @@ static int audit(struct mg_shipper *s) {
     return 0;
   /* the subject's last message bounds the read: a lost message at `to` must not leave the
    * read-back waiting for one that never comes */
-  natsMsg *last = NULL;
-  jsErrCode jerr = 0;
   uint64_t lseq = 0;
-  natsStatus st = js_GetLastMsg(&last, s->js, s->stream, s->full_subject, NULL, &jerr);
-  if (st == NATS_OK) {
-    lseq = natsMsg_GetSequence(last);
-    natsMsg_Destroy(last);
-  } else if (st != NATS_NOT_FOUND && jerr != JSNoMessageFoundErr) {
+  if (subject_last_seq(s, &lseq))
     return MG_LINEAGE_E_NATS;
-  }
   /* messages above the subject's last one do not exist (lost with a leader): read to it */
   if (lseq < to)
     to = lseq;

@@ -759,9 +759,12 @@ def test_pipelined_requests_from_a_client_that_never_reads(gw):
     time.sleep(0.5)
     grown = _rss_kb(gw.mg.proc.pid) - before
     s.close()
-    # unbounded, ~7 bytes of answer per byte of request would be held
-    assert grown < 4 * 1024, (grown, sent)  # measured: ~0.3 MB after, ~18 MB before the fix
     assert mgtest.request(gw.mg.admin_url + "/healthz").status == 200
+    # unbounded, ~7 bytes of answer per byte of request would be held. Measured: ~0.3 MB
+    # after the fix, ~18 MB before. Sanitizer builds quarantine freed memory (18.8 MB with
+    # the fix in CI), so their RSS says nothing here: only the release pass asserts it.
+    if not os.environ.get("MG_SANITIZED"):
+        assert grown < 4 * 1024, (grown, sent)
 
 
 def test_head_on_the_admin_port_gets_no_body(gw):
