@@ -501,11 +501,6 @@ static int authenticate(struct mg_admin_ctx *c, const struct mg_admin_req *rq,
     return -1;
   }
   struct mg_authn *an = atomic_load(&c->app->authn);
-  if (an != c->cache_of) { /* a reload changed the issuers: no verdict of the old ones */
-    mg_authn_cache_free(c->cache);
-    c->cache = mg_authn_cache_new(256);
-    c->cache_of = an;
-  }
   if (strncasecmp(authz, "Bearer ", 7) != 0 || !authz[7] || !an) {
     mg_admin_resp_error(rs, 401, "invalid_token", "expected 'Authorization: Bearer <token>'");
     mg_admin_resp_header(rs, "www-authenticate", "Bearer error=\"invalid_token\"");

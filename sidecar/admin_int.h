@@ -69,7 +69,6 @@ struct mg_admin_resp {
 struct mg_admin_ctx {
   struct mg_app *app;
   struct mg_authn_cache *cache;
-  const struct mg_authn *cache_of;  /* the verifier the cache's verdicts came from */
   pthread_mutex_t lock;
   pthread_cond_t cond;
   int exports;                  /* export threads still running */

@@ -106,6 +106,7 @@ struct mg_authn_cache {
   struct centry *e;
   size_t nsets;
   uint32_t tick;
+  const struct mg_authn *owner; /* the verifier whose verdicts it holds (see mg_authn_verify) */
 };
 
 static _Atomic uint64_t next_generation = 1;
@@ -773,6 +774,10 @@ int mg_authn_verify(struct mg_authn *a, struct mg_authn_cache *c, const char *to
   uint64_t h = 0;
 
   memset(id, 0, sizeof *id);
+  if (c && c->owner != a) { /* a reload replaced the verifier: none of its verdicts hold */
+    for (size_t i = 0; i < c->nsets * WAYS; i++) centry_clear(&c->e[i]);
+    c->owner = a;
+  }
   if (len > a->max_token) return set_reason(reason, reason_len, "token too large", rc);
   if (c) {
     h = mg_hash64(token, len);

@@ -27,7 +27,6 @@
 struct pworker {
   struct pworker *next;      /* registry, for shutdown */
   struct mg_authn_cache *cache;
-  const struct mg_authn *cache_of; /* the verifier the cache's verdicts came from */
   struct mg_policy_index *ix; /* cached reference to the app's current index */
   struct mg_buf logq;         /* access-log lines not written yet (see log_flush) */
   /* lineage commits done for this worker's requests, newest first (pushed by the writer
@@ -374,13 +373,6 @@ static int authenticate(struct rq *r, struct pworker *pw) {
   while (*tok == ' ') tok++;
   char why[96] = "";
   struct mg_authn *an = atomic_load(&mg_app->authn);
-  if (pw->cache_of != an) { /* a reload changed the issuers: no verdict of the old ones */
-    if (pw->cache_of) {
-      mg_authn_cache_free(pw->cache);
-      pw->cache = mg_authn_cache_new(4096); /* NULL (out of memory): verified uncached */
-    }
-    pw->cache_of = an;
-  }
   int rv = mg_authn_verify(an, pw->cache, tok, strlen(tok), mg_time_now_us(), &r->id, why, sizeof why);
   if (rv == MG_AUTHN_E_PENDING) {
     struct wake *wk = malloc(sizeof *wk);
