@@ -218,3 +218,15 @@ bool mg_strieq(const char *a, size_t alen, const char *b) {
   }
   return i == alen && b[i] == 0;
 }
+
+bool mg_str_eq(const char *a, const char *b) {
+  if (!a || !b) return a == b;
+  return strcmp(a, b) == 0;
+}
+
+bool mg_strv_eq(char *const *a, size_t na, char *const *b, size_t nb) {
+  if (na != nb) return false;
+  for (size_t i = 0; i < na; i++)
+    if (!mg_str_eq(a[i], b[i])) return false;
+  return true;
+}

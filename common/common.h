@@ -164,6 +164,11 @@ bool mg_utf8_valid(const char *s, size_t n);
 /* Case-insensitive ASCII compare of a counted string with a C string. */
 bool mg_strieq(const char *a, size_t alen, const char *b);
 
+/* Equal C strings, where NULL equals only NULL. */
+bool mg_str_eq(const char *a, const char *b);
+/* Equal string arrays: same length, mg_str_eq element by element. */
+bool mg_strv_eq(char *const *a, size_t na, char *const *b, size_t nb);
+
 #define MG_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define MG_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MG_MAX(a, b) ((a) > (b) ? (a) : (b))

@@ -703,27 +703,15 @@ char *mg_policy_grant_to_json(const struct mg_grant *g) {
   return mg_buf_steal(&b);
 }
 
-static bool strs_eq(char *const *a, size_t na, char *const *b, size_t nb) {
-  if (na != nb) return false;
-  for (size_t i = 0; i < na; i++)
-    if (strcmp(a[i], b[i]) != 0) return false;
-  return true;
-}
-
-static bool opt_eq(const char *a, const char *b) {
-  if (!a || !b) return a == b;
-  return strcmp(a, b) == 0;
-}
-
 bool mg_policy_grant_equal(const struct mg_grant *a, const struct mg_grant *b) {
   return strcmp(a->id, b->id) == 0 && a->effect == b->effect &&
-         strs_eq(a->subjects, a->nsubjects, b->subjects, b->nsubjects) &&
+         mg_strv_eq(a->subjects, a->nsubjects, b->subjects, b->nsubjects) &&
          strcmp(a->product, b->product) == 0 &&
-         strs_eq(a->resources, a->nresources, b->resources, b->nresources) &&
+         mg_strv_eq(a->resources, a->nresources, b->resources, b->nresources) &&
          a->actions == b->actions &&
-         strs_eq(a->purposes, a->npurposes, b->purposes, b->npurposes) &&
+         mg_strv_eq(a->purposes, a->npurposes, b->purposes, b->npurposes) &&
          a->not_before_us == b->not_before_us && a->expires_us == b->expires_us &&
-         opt_eq(a->description, b->description);
+         mg_str_eq(a->description, b->description);
 }
 
 /* ---- errors and reasons ---------------------------------------------------- */

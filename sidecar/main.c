@@ -391,25 +391,16 @@ static size_t nretired;
 static struct mg_authn **retired_authn;
 static size_t nretired_authn;
 
-static bool str_eq(const char *a, const char *b) { return a == b || (a && b && !strcmp(a, b)); }
-
-static bool strs_eq(char *const *a, size_t na, char *const *b, size_t nb) {
-  if (na != nb) return false;
-  for (size_t i = 0; i < na; i++)
-    if (!str_eq(a[i], b[i])) return false;
-  return true;
-}
-
 /* Everything mg_authn_new reads. */
 static bool identity_equal(const struct mg_config *a, const struct mg_config *b) {
   if (a->nissuers != b->nissuers || a->max_token_bytes != b->max_token_bytes) return false;
   for (size_t i = 0; i < a->nissuers; i++) {
     const struct mg_config_issuer *x = &a->issuers[i], *y = &b->issuers[i];
-    if (!str_eq(x->name, y->name) || !str_eq(x->issuer, y->issuer) ||
-        !strs_eq(x->audiences, x->naudiences, y->audiences, y->naudiences) ||
-        !str_eq(x->jwks_file, y->jwks_file) || !str_eq(x->jwks_url, y->jwks_url) ||
-        !strs_eq(x->algorithms, x->nalgorithms, y->algorithms, y->nalgorithms) ||
-        !str_eq(x->groups_claim, y->groups_claim) || x->clock_skew_s != y->clock_skew_s ||
+    if (!mg_str_eq(x->name, y->name) || !mg_str_eq(x->issuer, y->issuer) ||
+        !mg_strv_eq(x->audiences, x->naudiences, y->audiences, y->naudiences) ||
+        !mg_str_eq(x->jwks_file, y->jwks_file) || !mg_str_eq(x->jwks_url, y->jwks_url) ||
+        !mg_strv_eq(x->algorithms, x->nalgorithms, y->algorithms, y->nalgorithms) ||
+        !mg_str_eq(x->groups_claim, y->groups_claim) || x->clock_skew_s != y->clock_skew_s ||
         x->jwks_refresh_s != y->jwks_refresh_s || x->jwks_min_refresh_s != y->jwks_min_refresh_s)
       return false;
   }
@@ -428,17 +419,17 @@ static void reload(struct mg_app *app) {
       strcmp(ncfg->policy_db, old->policy_db) || strcmp(ncfg->admin_address, old->admin_address) ||
       strcmp(ncfg->origin, old->origin) || ncfg->workers != old->workers)
     mg_warn("reload: listen/admin address, workers, databases and origin change only on restart");
-  if (!str_eq(ncfg->signing_key, old->signing_key) ||
-      !strs_eq(ncfg->old_signing_keys, ncfg->nold_signing_keys, old->old_signing_keys,
+  if (!mg_str_eq(ncfg->signing_key, old->signing_key) ||
+      !mg_strv_eq(ncfg->old_signing_keys, ncfg->nold_signing_keys, old->old_signing_keys,
                old->nold_signing_keys) ||
       ncfg->lineage_map_size_mb != old->lineage_map_size_mb ||
       ncfg->policy_map_size_mb != old->policy_map_size_mb || ncfg->durability != old->durability ||
       ncfg->checkpoint_every_ms != old->checkpoint_every_ms ||
       ncfg->deny_entries_per_s != old->deny_entries_per_s || (!ncfg->nats) != (!old->nats) ||
-      (ncfg->nats && (!strs_eq(ncfg->nats->servers, ncfg->nats->nservers, old->nats->servers,
+      (ncfg->nats && (!mg_strv_eq(ncfg->nats->servers, ncfg->nats->nservers, old->nats->servers,
                                old->nats->nservers) ||
-                      !str_eq(ncfg->nats->stream, old->nats->stream) ||
-                      !str_eq(ncfg->nats->subject, old->nats->subject))) ||
+                      !mg_str_eq(ncfg->nats->stream, old->nats->stream) ||
+                      !mg_str_eq(ncfg->nats->subject, old->nats->subject))) ||
       (ncfg->admin_tls != NULL) != (old->admin_tls != NULL))
     mg_warn("reload: the lineage settings (signing keys, map sizes, durability, checkpoint "
             "period, deny budget, NATS) and the admin listener's TLS change only on restart");
